@@ -1,0 +1,212 @@
+"""Attack base class and the conventions every perturbation method follows.
+
+An attack perturbs a batch ``x`` (pixel space, [0, 1]) within an ``eps`` ball of a norm and
+returns ``x_adv`` of the same shape. It maximises ``loss(forward(x_adv), y)`` per sample, so
+the same attack maximises cross-entropy, a logit margin, one feature of a layer, or a
+surrogate ensemble's loss: pass the matching ``forward`` and ``loss``. ``y`` is whatever
+per-sample target data ``loss`` needs (labels, feature indices, ...), sliced with ``x``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from featrob.errors import ConfigError, check_finite_nonnegative
+
+#: ``x -> outputs`` (logits, features, ...); must be differentiable for gradient attacks.
+Forward = Callable[[Tensor], Tensor]
+#: ``(outputs, y) -> per-sample loss [B]`` that the attack maximises.
+LossFn = Callable[[Tensor, Tensor], Tensor]
+#: ``(outputs, y) -> bool [B]``: True where the sample is already adversarial.
+SuccessFn = Callable[[Tensor, Tensor], Tensor]
+
+NORMS = ("linf", "l2")
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-sample cross-entropy."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Best wrong logit minus true logit (positive means misclassified)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    wrong = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return wrong - true
+
+
+def misclassified(logits: Tensor, y: Tensor) -> Tensor:
+    """True where the arg-max class differs from the label."""
+    return logits.argmax(1) != y
+
+
+def parse_norm(norm: str) -> str:
+    """``"linf"``/``"Linf"``/``"inf"`` -> ``"linf"``; ``"l2"``/``"L2"``/``"2"`` -> ``"l2"``."""
+    key = str(norm).lower().strip()
+    aliases = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2", "l_2": "l2"}
+    if key not in aliases:
+        raise ConfigError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
+    return aliases[key]
+
+
+class Attack(ABC):
+    """A perturbation method. Subclass it and register the class in a plugin.
+
+    Class attributes:
+        name: registry name (``"pgd"``).
+        description: one line for ``featrob plugins``.
+        norms: the threat models the attack supports.
+        defaults: every parameter the attack takes, with its default value. Unknown
+            parameters are rejected with close matches.
+        uses_gradients: False for noise and score-based attacks.
+
+    Args:
+        eps: radius of the perturbation ball (pixel units, [0, 1] images).
+        norm: ``"linf"`` or ``"l2"``.
+        seed: attack seed; random numbers are drawn per sample, see :mod:`featrob.seeding`.
+        **params: overrides of :attr:`defaults`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    norms: ClassVar[tuple[str, ...]] = NORMS
+    defaults: ClassVar[dict[str, Any]] = {}
+    uses_gradients: ClassVar[bool] = True
+
+    def __init__(self, eps: float, norm: str = "linf", seed: int = 0, **params: Any) -> None:
+        self.eps = check_finite_nonnegative("eps", eps)
+        self.norm = parse_norm(norm)
+        if self.norm not in self.norms:
+            raise ConfigError(
+                f"attack {self.name!r} supports norms {', '.join(self.norms)}, not {self.norm!r}"
+            )
+        if self.norm == "linf" and self.eps > 1:
+            raise ConfigError(f"Linf eps must be in [0, 1] for [0, 1] images, got {self.eps}")
+        self.seed = int(seed)
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            hints = [
+                f"{u!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                for u in unknown
+                for close in [difflib.get_close_matches(u, list(self.defaults), n=1)]
+            ]
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ConfigError(
+                f"attack {self.name!r} has no parameter {', '.join(hints)}; parameters: {known}"
+            )
+        self.params: dict[str, Any] = {**self.defaults, **params}
+
+    def spec(self) -> dict[str, Any]:
+        """Everything that determines the result: the attack's identity in the store."""
+        return {
+            "attack": self.name,
+            "eps": self.eps,
+            "norm": self.norm,
+            "seed": self.seed,
+            "params": dict(sorted(self.params.items())),
+        }
+
+    def label(self) -> str:
+        """Short human-readable name, e.g. ``pgd(linf, eps=0.1)``."""
+        return f"{self.name}({self.norm}, eps={self.eps:g})"
+
+    @abstractmethod
+    def perturb(
+        self,
+        forward: Forward,
+        x: Tensor,
+        y: Tensor,
+        *,
+        loss: LossFn | None = None,
+        success: SuccessFn | None = None,
+        sample_seeds: Tensor | None = None,
+    ) -> Tensor:
+        """Return adversarial inputs for the batch ``x``.
+
+        Args:
+            forward: the model (or any differentiable ``x -> outputs``).
+            x: clean inputs in [0, 1].
+            y: per-sample targets for ``loss`` (class labels by default).
+            loss: per-sample objective to maximise; default cross-entropy.
+            success: marks samples that are already adversarial; default "misclassified"
+                when ``loss`` is None, else None (keep the highest-loss iterate).
+            sample_seeds: int64 per-sample seeds (default: from ``seed`` and the position in
+                the batch, which makes the result depend on batching).
+
+        Returns:
+            ``x_adv`` with ``x_adv - x`` inside the eps ball and ``x_adv`` in [0, 1].
+        """
+
+    def __call__(self, model: Forward, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
+        """Shorthand for :meth:`perturb`."""
+        return self.perturb(model, x, y, **kwargs)
+
+    def __repr__(self) -> str:
+        extra = ", ".join(f"{k}={v!r}" for k, v in sorted(self.params.items()))
+        return f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r}, {extra})"
+
+    # ------------------------------------------------------------------ helpers
+    def _seeds(self, x: Tensor, sample_seeds: Tensor | None) -> Tensor:
+        from featrob.seeding import sample_seeds as make_seeds
+
+        if sample_seeds is None:
+            return make_seeds(self.seed, torch.arange(len(x)))
+        if len(sample_seeds) != len(x):
+            raise ConfigError(f"{len(sample_seeds)} sample seeds for a batch of {len(x)}")
+        return sample_seeds
+
+    @staticmethod
+    def _defaults_for(loss: LossFn | None, success: SuccessFn | None) -> tuple[LossFn, SuccessFn | None]:
+        if loss is None:
+            return cross_entropy, success if success is not None else misclassified
+        return loss, success
+
+
+# ---------------------------------------------------------------------- geometry helpers
+def flat_norm(t: Tensor, norm: str) -> Tensor:
+    """Per-sample norm of ``t`` (``[B]``)."""
+    flat = t.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(p=2, dim=1)
+
+
+def project(delta: Tensor, eps: float, norm: str) -> Tensor:
+    """Project perturbations onto the eps ball of ``norm``."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    scale = (eps / flat_norm(delta, "l2").clamp_min(1e-12)).clamp(max=1.0)
+    return delta * scale.view(-1, *([1] * (delta.dim() - 1)))
+
+
+def steepest_direction(grad: Tensor, norm: str) -> Tensor:
+    """Unit-norm steepest ascent direction: ``sign(g)`` for Linf, ``g / ||g||`` for L2.
+
+    Non-finite gradient entries are treated as zero, so a NaN gradient never produces a NaN
+    adversarial example.
+    """
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    if norm == "linf":
+        return grad.sign()
+    n = flat_norm(grad, "l2").clamp_min(1e-12)
+    return grad / n.view(-1, *([1] * (grad.dim() - 1)))
+
+
+def random_in_ball(seeds: Tensor, shape: tuple[int, ...], eps: float, norm: str, stream: int = 0) -> Tensor:
+    """A random point of the eps ball per sample (uniform in the Linf cube; for L2 uniform in
+    the ball: Gaussian direction, radius eps * u^(1/d)), drawn from per-sample seeds."""
+    from featrob import seeding
+
+    if norm == "linf":
+        return (seeding.uniform(seeds, shape, stream) * 2 - 1) * eps
+    direction = seeding.normal(seeds, shape, stream)
+    direction = direction / flat_norm(direction, "l2").clamp_min(1e-12).view(-1, *([1] * len(shape)))
+    d = math.prod(shape)
+    radius = seeding.uniform(seeds, (1,), stream + 7919).squeeze(1) ** (1.0 / d) * eps
+    return direction * radius.view(-1, *([1] * len(shape)))

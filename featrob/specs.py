@@ -1,0 +1,87 @@
+"""Parsing of the small spec languages used on the command line.
+
+* ``NAME`` or ``NAME:ARG`` for models and data sets (``tv:resnet50``, ``npz:/data/x.npz``);
+* ``NAME(key=value, ...)`` for attacks (``pgd(steps=20, restarts=2)``);
+* ``8/255``-style fractions for eps.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from typing import Any
+
+from featrob.errors import ConfigError
+
+_CALL = re.compile(r"^\s*(?P<name>[^()\s]+)\s*(?:\((?P<args>.*)\))?\s*$", re.S)
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"npz:/x.npz"`` -> ``("npz", "/x.npz")``; ``"digits"`` -> ``("digits", None)``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"empty spec: {spec!r}")
+    name, sep, arg = spec.strip().partition(":")
+    return name, (arg if sep else None)
+
+
+def parse_value(text: str) -> Any:
+    """A literal (number, bool, list, quoted string) or, failing that, the bare string."""
+    text = text.strip()
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    if re.fullmatch(r"[-+]?\d+(\.\d*)?\s*/\s*\d+(\.\d*)?", text):
+        return parse_fraction(text, "value")
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_call(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"pgd(steps=20, rel_step=0.1)"`` -> ``("pgd", {"steps": 20, "rel_step": 0.1})``."""
+    match = _CALL.match(spec or "")
+    if not match:
+        raise ConfigError(f"cannot parse {spec!r}; expected NAME or NAME(key=value, ...)")
+    params: dict[str, Any] = {}
+    args = (match.group("args") or "").strip()
+    if args:
+        try:
+            call = ast.parse(f"f({args})", mode="eval").body
+        except SyntaxError as exc:
+            raise ConfigError(f"cannot parse parameters of {spec!r}: {exc.msg}") from None
+        assert isinstance(call, ast.Call)
+        if call.args:
+            raise ConfigError(f"parameters of {spec!r} must be given as key=value")
+        for kw in call.keywords:
+            if kw.arg is None:
+                raise ConfigError(f"parameters of {spec!r} must be given as key=value")
+            segment = ast.get_source_segment(f"f({args})", kw.value) or ""
+            params[kw.arg] = parse_value(segment)
+    return match.group("name"), params
+
+
+def parse_fraction(text: str | float | int, what: str = "eps") -> float:
+    """``"8/255"`` -> 0.0313..., ``"0.1"`` -> 0.1; NaN, inf and negatives are rejected."""
+    if isinstance(text, bool):
+        raise ConfigError(f"{what} must be a number, got {text!r}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        raw = str(text).strip()
+        try:
+            if "/" in raw:
+                num, den = raw.split("/", 1)
+                value = float(num) / float(den)
+            else:
+                value = float(raw)
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"{what} must be a number like 0.1 or 8/255, got {text!r}") from None
+    if math.isnan(value) or math.isinf(value):
+        raise ConfigError(f"{what} must be a finite number, got {text!r}")
+    if value < 0:
+        raise ConfigError(f"{what} must be >= 0, got {text!r}")
+    return value
