@@ -58,7 +58,8 @@ def uniform(seeds: Tensor, shape: tuple[int, ...], stream: int = 0) -> Tensor:
         bits = _splitmix64(key[:, None] ^ counters[None, :])
     # 53 random bits -> double in [0, 1), then float32 (strictly below 1 after rounding down)
     values = (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    out = torch.from_numpy(values.astype(np.float32)).clamp_(max=float(np.nextafter(1, 0, dtype=np.float32)))
+    below_one = float(np.nextafter(np.float32(1), np.float32(0)))
+    out = torch.from_numpy(values.astype(np.float32)).clamp_(max=below_one)
     return out.reshape(len(s), *shape)
 
 

@@ -164,7 +164,9 @@ class Attack(ABC):
         return sample_seeds
 
     @staticmethod
-    def _defaults_for(loss: LossFn | None, success: SuccessFn | None) -> tuple[LossFn, SuccessFn | None]:
+    def _defaults_for(
+        loss: LossFn | None, success: SuccessFn | None
+    ) -> tuple[LossFn, SuccessFn | None]:
         if loss is None:
             return cross_entropy, success if success is not None else misclassified
         return loss, success
@@ -198,7 +200,9 @@ def steepest_direction(grad: Tensor, norm: str) -> Tensor:
     return grad / n.view(-1, *([1] * (grad.dim() - 1)))
 
 
-def random_in_ball(seeds: Tensor, shape: tuple[int, ...], eps: float, norm: str, stream: int = 0) -> Tensor:
+def random_in_ball(
+    seeds: Tensor, shape: tuple[int, ...], eps: float, norm: str, stream: int = 0
+) -> Tensor:
     """A random point of the eps ball per sample (uniform in the Linf cube; for L2 uniform in
     the ball: Gaussian direction, radius eps * u^(1/d)), drawn from per-sample seeds."""
     from featrob import seeding
@@ -206,7 +210,9 @@ def random_in_ball(seeds: Tensor, shape: tuple[int, ...], eps: float, norm: str,
     if norm == "linf":
         return (seeding.uniform(seeds, shape, stream) * 2 - 1) * eps
     direction = seeding.normal(seeds, shape, stream)
-    direction = direction / flat_norm(direction, "l2").clamp_min(1e-12).view(-1, *([1] * len(shape)))
+    direction = direction / flat_norm(direction, "l2").clamp_min(1e-12).view(
+        -1, *([1] * len(shape))
+    )
     d = math.prod(shape)
     radius = seeding.uniform(seeds, (1,), stream + 7919).squeeze(1) ** (1.0 / d) * eps
     return direction * radius.view(-1, *([1] * len(shape)))

@@ -1,0 +1,277 @@
+"""Projected gradient descent (Madry et al., "Towards Deep Learning Models Resistant to
+Adversarial Attacks", ICLR 2018) for the Linf and L2 threat models.
+
+PGD maximises a per-sample objective (cross-entropy by default) by repeated steepest-ascent
+steps, each followed by a projection onto the eps ball and the [0, 1] box. Random restarts
+run in one batched pass (the batch replicated R times along dim 0) unless memory forbids it.
+
+This module also holds the small option validators shared by the built-in attacks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from featrob.attacks.base import (
+    Attack,
+    Forward,
+    LossFn,
+    SuccessFn,
+    project,
+    random_in_ball,
+    steepest_direction,
+)
+from featrob.errors import ConfigError
+
+SCHEDULES = ("constant", "cosine", "step")
+
+
+# ------------------------------------------------------------------- option validators
+def int_param(attack: str, key: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (integral floats accepted), else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ConfigError(f"{attack}: {key} must be an integer, got {value!r}")
+    if int(value) < minimum:
+        raise ConfigError(f"{attack}: {key} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def float_param(attack: str, key: str, value: Any, *, positive: bool = False) -> float:
+    """``value`` as a finite float >= 0 (> 0 if ``positive``), else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{attack}: {key} must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ConfigError(f"{attack}: {key} must be {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+def bool_param(attack: str, key: str, value: Any) -> bool:
+    """``value`` if it is a bool, else :class:`ConfigError` (``"false"`` is not False)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attack}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _expand(t: Tensor, like: Tensor) -> Tensor:
+    """``[B]`` -> ``[B, 1, 1, ...]`` broadcastable against ``like``."""
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _score(loss: Tensor) -> Tensor:
+    """Detached float loss with NaN mapped to -inf, so a NaN iterate is never the best."""
+    loss = loss.detach().double()
+    return torch.where(torch.isnan(loss), torch.full_like(loss, float("-inf")), loss)
+
+
+def _better(loss: Tensor, ok: Tensor, best_loss: Tensor, best_ok: Tensor) -> Tensor:
+    """Strict lexicographic comparison on (success, loss): ties keep the earlier iterate."""
+    return (ok & ~best_ok) | ((ok == best_ok) & (loss > best_loss))
+
+
+class PGD(Attack):
+    """Madry et al. PGD with random starts, batched restarts and step-size schedules.
+
+    Each step is ``x <- clip(x + project(x + a_t * d(grad) - x))`` where ``d`` is
+    ``sign(grad)`` (Linf) or ``grad / ||grad||_2`` (L2), the projection is onto the eps ball
+    and the clip onto [0, 1]. The returned point is, per sample, the best iterate over all
+    steps (including the start and the final point) and all restarts.
+
+    Parameters (``defaults``):
+        steps (10): gradient steps per restart; 0 returns the (random) start.
+        step_size (None): absolute step length a (Linf: per pixel; L2: Euclidean). Overrides
+            ``rel_step_size``.
+        rel_step_size (None): step length as a fraction of eps; None means ``2.5 / steps``
+            (Madry et al.: 2.5 eps / steps lets a walk from any start reach the far side of
+            the ball).
+        random_start (True): start uniformly in the eps ball (L2: uniform in the ball),
+            drawn from the per-sample seeds with ``stream = restart``, so a sample's start
+            depends only on its seed and the restart number, never on the batch.
+        restarts (1): independent random starts; the best result per sample is kept. Without
+            ``random_start`` every restart would be identical, so only one runs.
+        schedule ("constant"): step-size factor at step t of T:
+            ``"constant"`` 1; ``"cosine"`` ``0.1 + 0.45 (1 + cos(pi t / (T - 1)))``, decaying
+            from 1 at the first step to 0.1 at the last; ``"step"`` 1, halved for
+            ``t >= T/2`` and halved again for ``t >= 3T/4``.
+        batch_restarts (True): run all restarts in one pass on an R-times larger batch
+            (fast); False loops over restarts (R times less memory). Same result either way.
+
+    Best iterate: when ``success`` is given (the default for the default cross-entropy loss
+    is "misclassified"), a successful iterate beats any unsuccessful one and among iterates
+    of the same success the highest loss wins (ties keep the earlier iterate/restart).
+    Without ``success`` the highest-loss iterate wins. A NaN loss counts as -inf.
+
+    Gradients come from ``torch.autograd.grad`` w.r.t. the input only, under
+    ``torch.enable_grad()``: model parameter ``.grad`` is never touched and the model's
+    train/eval mode is left as the caller set it (use eval() for deterministic results).
+    """
+
+    name: ClassVar[str] = "pgd"
+    description: ClassVar[str] = "Madry et al. projected gradient descent (Linf, L2)"
+    defaults: ClassVar[dict[str, Any]] = {
+        "steps": 10,
+        "step_size": None,
+        "rel_step_size": None,
+        "random_start": True,
+        "restarts": 1,
+        "schedule": "constant",
+        "batch_restarts": True,
+    }
+
+    def __init__(self, eps: float, norm: str = "linf", seed: int = 0, **params: Any) -> None:
+        super().__init__(eps, norm, seed, **params)
+        p = self.params
+        p["steps"] = int_param(self.name, "steps", p["steps"], 0)
+        p["restarts"] = int_param(self.name, "restarts", p["restarts"], 1)
+        for key in ("step_size", "rel_step_size"):
+            if p[key] is not None:
+                p[key] = float_param(self.name, key, p[key])
+        for key in ("random_start", "batch_restarts"):
+            p[key] = bool_param(self.name, key, p[key])
+        if p["schedule"] not in SCHEDULES:
+            close = difflib.get_close_matches(str(p["schedule"]), SCHEDULES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"{self.name}: unknown schedule {p['schedule']!r}{hint}; "
+                f"use one of {', '.join(SCHEDULES)}"
+            )
+
+    # ------------------------------------------------------------------ step sizes
+    def base_step_size(self) -> float:
+        """The absolute step length before the schedule is applied."""
+        p = self.params
+        if p["step_size"] is not None:
+            return p["step_size"]
+        rel = p["rel_step_size"]
+        if rel is None:
+            rel = 2.5 / max(p["steps"], 1)
+        return rel * self.eps
+
+    def step_sizes(self) -> list[float]:
+        """Absolute step length of every step (the schedule applied to the base step)."""
+        steps, schedule, base = self.params["steps"], self.params["schedule"], self.base_step_size()
+        sizes = []
+        for t in range(steps):
+            if schedule == "cosine":
+                factor = (
+                    1.0 if steps == 1 else 0.1 + 0.45 * (1 + math.cos(math.pi * t / (steps - 1)))
+                )
+            elif schedule == "step":
+                factor = 0.5 ** ((t >= steps / 2) + (t >= 3 * steps / 4))
+            else:
+                factor = 1.0
+            sizes.append(base * factor)
+        return sizes
+
+    # ------------------------------------------------------------------ attack
+    def perturb(
+        self,
+        forward: Forward,
+        x: Tensor,
+        y: Tensor,
+        *,
+        loss: LossFn | None = None,
+        success: SuccessFn | None = None,
+        sample_seeds: Tensor | None = None,
+    ) -> Tensor:
+        """Run PGD on the batch; see :meth:`Attack.perturb` and the class docstring."""
+        loss_fn, success_fn = self._defaults_for(loss, success)
+        x = x.detach()
+        if len(x) == 0 or self.eps == 0:
+            return x.clamp(0, 1)
+        seeds = self._seeds(x, sample_seeds)
+        random_start = self.params["random_start"]
+        restarts = self.params["restarts"] if random_start else 1
+
+        if self.params["batch_restarts"] or restarts == 1:
+            xr = x.repeat(restarts, *([1] * (x.dim() - 1)))
+            yr = y.repeat(restarts, *([1] * (y.dim() - 1)))
+            starts = list(range(restarts)) if random_start else None
+            adv, best_loss, best_ok = self._run(forward, xr, yr, loss_fn, success_fn, seeds, starts)
+            adv = adv.view(restarts, *x.shape)
+            best_loss = best_loss.view(restarts, -1)
+            best_ok = best_ok.view(restarts, -1)
+        else:
+            runs = [
+                self._run(forward, x, y, loss_fn, success_fn, seeds, [r]) for r in range(restarts)
+            ]
+            adv = torch.stack([r[0] for r in runs])
+            best_loss = torch.stack([r[1] for r in runs])
+            best_ok = torch.stack([r[2] for r in runs])
+
+        # Reduce over restarts with the same rule as over steps (first restart wins ties).
+        out, out_loss, out_ok = adv[0], best_loss[0], best_ok[0]
+        for r in range(1, restarts):
+            better = _better(best_loss[r], best_ok[r], out_loss, out_ok)
+            out = torch.where(_expand(better, out), adv[r], out)
+            out_loss = torch.where(better, best_loss[r], out_loss)
+            out_ok = torch.where(better, best_ok[r], out_ok)
+        return out
+
+    def _run(
+        self,
+        forward: Forward,
+        x: Tensor,
+        y: Tensor,
+        loss_fn: LossFn,
+        success_fn: SuccessFn | None,
+        seeds: Tensor,
+        starts: list[int] | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One PGD run on ``x`` (possibly restart-replicated); returns best x, loss, success.
+
+        ``starts`` lists the random-start stream of each replica block (None: no random
+        start); ``x`` holds ``len(starts)`` copies of the original batch, block after block.
+        """
+        eps, norm = self.eps, self.norm
+        if starts is None:
+            delta = torch.zeros_like(x)
+        else:
+            shape = tuple(x.shape[1:])
+            delta = torch.cat([random_in_ball(seeds, shape, eps, norm, stream=r) for r in starts])
+            delta = delta.to(device=x.device, dtype=x.dtype)
+        x_cur = (x + project(delta, eps, norm)).clamp(0, 1)
+
+        best_x = x_cur
+        best_loss = torch.full((len(x),), float("-inf"), dtype=torch.float64, device=x.device)
+        best_ok = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+
+        def update(x_it: Tensor, out: Tensor, value: Tensor) -> None:
+            nonlocal best_x, best_loss, best_ok
+            score = _score(value)
+            if success_fn is None:
+                ok = torch.zeros_like(best_ok)
+            else:
+                with torch.no_grad():
+                    ok = success_fn(out.detach(), y).to(device=x.device, dtype=torch.bool)
+            better = _better(score, ok, best_loss, best_ok)
+            best_x = torch.where(_expand(better, x_it), x_it, best_x)
+            best_loss = torch.where(better, score, best_loss)
+            best_ok = torch.where(better, ok, best_ok)
+
+        with torch.enable_grad():
+            for size in self.step_sizes():
+                x_cur = x_cur.detach().requires_grad_(True)
+                out = forward(x_cur)
+                value = loss_fn(out, y)
+                if not value.requires_grad:
+                    raise ConfigError(
+                        f"{self.name}: the loss does not depend differentiably on the input; "
+                        "gradient attacks need a differentiable forward"
+                    )
+                (grad,) = torch.autograd.grad(value.sum(), x_cur, allow_unused=True)
+                if grad is None:
+                    grad = torch.zeros_like(x_cur)
+                x_cur = x_cur.detach()
+                update(x_cur, out, value)
+                stepped = x_cur + size * steepest_direction(grad, norm)
+                x_cur = (x + project(stepped - x, eps, norm)).clamp(0, 1)
+
+        with torch.no_grad():  # the final iterate needs its loss too
+            out = forward(x_cur)
+            update(x_cur, out, loss_fn(out, y))
+        return best_x, best_loss, best_ok

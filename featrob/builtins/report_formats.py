@@ -1,0 +1,133 @@
+"""results.json / arrays.npz and a Markdown summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from featrob.reporters import Reporter
+from featrob.results import Results
+
+MAX_MD_ROWS = 50
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    os.replace(tmp, path)
+
+
+class JsonReporter(Reporter):
+    """``results.json`` (the machine-readable record of a run) and ``arrays.npz``."""
+
+    name: ClassVar[str] = "json"
+    description: ClassVar[str] = "results.json (+ arrays.npz with per-sample arrays)"
+
+    def write(self, results: Results, out_dir: Path) -> list[Path]:
+        """Write results.json and, when any metric returned arrays, arrays.npz."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "results.json"
+        atomic_write(path, json.dumps(results.to_json(), indent=2, allow_nan=False) + "\n")
+        written = [path]
+        arrays = {
+            f"{metric}/{name}": np.asarray(value)
+            for metric, result in results.metrics.items()
+            for name, value in result.arrays.items()
+        }
+        if arrays:
+            npz = out_dir / "arrays.npz"
+            tmp = out_dir / f".arrays.{os.getpid()}.tmp.npz"
+            np.savez_compressed(tmp, **arrays)
+            os.replace(tmp, npz)
+            written.append(npz)
+        return written
+
+
+class MarkdownReporter(Reporter):
+    """``summary.md``: each metric's summary and tables, errors and warnings."""
+
+    name: ClassVar[str] = "md"
+    description: ClassVar[str] = "summary.md (Markdown tables, for notebooks and PRs)"
+
+    def write(self, results: Results, out_dir: Path) -> list[Path]:
+        """Write summary.md."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "summary.md"
+        atomic_write(path, render_markdown(results))
+        return [path]
+
+
+def render_markdown(results: Results) -> str:
+    """The Markdown text of a run."""
+    cfg = results.config
+    lines = [
+        "# featrob run",
+        "",
+        f"- model: `{_md(cfg.get('model'))}`, data: `{_md(cfg.get('dataset'))}` "
+        f"(split {cfg.get('split')}), threat model: {cfg.get('norm')} eps={cfg.get('eps')}",
+        f"- featrob {results.featrob}; plugins: "
+        + ", ".join(f"{_md(k)} {_md(v)}".strip() for k, v in sorted(results.plugins.items())),
+        "",
+    ]
+    for err in results.errors:
+        lines.append(f"> **error:** {_md(err)}")
+    for name, metric in results.metrics.items():
+        lines += ["", f"## {_md(name)}", ""]
+        if metric.error:
+            lines += ["**failed:**", "", "```", metric.error.rstrip(), "```"]
+            continue
+        for warning in metric.warnings:
+            lines.append(f"> **warning:** {_md(warning)}")
+        if metric.summary:
+            lines += ["| key | value |", "| --- | --- |"]
+            lines += [f"| {_md(k)} | {_fmt(v)} |" for k, v in metric.summary.items()]
+        for table, rows in metric.tables.items():
+            lines += ["", f"### {_md(table)}", ""]
+            lines += _table(rows)
+        lines.append(f"\n_{metric.duration_s:.1f} s_")
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["(empty)"]
+    cols: list[str] = []
+    for row in rows:
+        cols += [c for c in row if c not in cols]
+    out = ["| " + " | ".join(_md(c) for c in cols) + " |", "|" + " --- |" * len(cols)]
+    for row in rows[:MAX_MD_ROWS]:
+        out.append("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+    if len(rows) > MAX_MD_ROWS:
+        out.append(f"\n({len(rows) - MAX_MD_ROWS} more rows in results.json)")
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "–"
+    if isinstance(value, (dict, list)):
+        return _md(json.dumps(value, default=str))
+    return _md(value)
+
+
+def _md(value: Any) -> str:
+    """Escape text for a Markdown table cell (pipes, newlines, HTML brackets)."""
+    text = str(value) if value is not None else ""
+    return (
+        text.replace("\\", "\\\\")
+        .replace("|", "\\|")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("\n", " ")
+    )

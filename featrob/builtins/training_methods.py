@@ -1,0 +1,84 @@
+"""Loss functions of the built-in training methods."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from featrob.models.base import FeatrobModel
+from featrob.training import TrainingMethod
+
+
+class StandardTraining(TrainingMethod):
+    """Cross-entropy on clean inputs."""
+
+    name: ClassVar[str] = "standard"
+    description: ClassVar[str] = "cross-entropy on clean inputs"
+
+    def loss(self, model: FeatrobModel, x: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy."""
+        return F.cross_entropy(model(x), y)
+
+
+def _pgd(method: TrainingMethod, steps: int):
+    from featrob.attacks.pgd import PGD
+
+    return PGD(eps=method.eps, norm=method.norm, steps=steps, random_start=True)
+
+
+class PGDTraining(TrainingMethod):
+    """Madry et al. (2018): cross-entropy on PGD adversarial examples.
+
+    Examples are generated with the model in eval mode (batch-norm statistics are not
+    polluted by the attack's iterates), then the update runs in train mode. PGD uses
+    ``attack_steps`` steps of 2.5 eps / steps from a random start.
+    """
+
+    name: ClassVar[str] = "pgd"
+    description: ClassVar[str] = "adversarial training on PGD examples (Madry et al.)"
+
+    def loss(self, model: FeatrobModel, x: Tensor, y: Tensor) -> Tensor:
+        """Cross-entropy on adversarial inputs."""
+        attack = _pgd(self, self.config.attack_steps)
+        model.eval()
+        seeds = torch.randint(0, 2**62, (len(x),))
+        x_adv = attack.perturb(model, x, y, sample_seeds=seeds).detach()
+        model.train()
+        return F.cross_entropy(model(x_adv), y)
+
+
+class TradesTraining(TrainingMethod):
+    """Zhang et al. (2019), TRADES: ``CE(f(x), y) + beta * KL(f(x) || f(x'))`` where x'
+    maximises the KL term by PGD from ``x + 0.001 N(0, I)``; beta is ``trades_beta``."""
+
+    name: ClassVar[str] = "trades"
+    description: ClassVar[str] = (
+        "TRADES: clean CE + beta * KL to adversarial outputs (Zhang et al.)"
+    )
+
+    def loss(self, model: FeatrobModel, x: Tensor, y: Tensor) -> Tensor:
+        """TRADES objective."""
+        from featrob.attacks.base import project, steepest_direction
+
+        model.eval()
+        with torch.no_grad():
+            p_clean = F.softmax(model(x), dim=1)
+        delta = 0.001 * torch.randn_like(x)
+        step = 2.5 * self.eps / max(self.config.attack_steps, 1)
+        for _ in range(self.config.attack_steps):
+            delta.requires_grad_(True)
+            with torch.enable_grad():
+                kl = F.kl_div(F.log_softmax(model(x + delta), 1), p_clean, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, delta)
+            delta = project(
+                delta.detach() + step * steepest_direction(grad, self.norm), self.eps, self.norm
+            )
+            delta = (x + delta).clamp(0, 1) - x
+        model.train()
+        logits = model(x)
+        logits_adv = model(x + delta.detach())
+        robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
+        return F.cross_entropy(logits, y) + self.config.trades_beta * robust

@@ -1,0 +1,301 @@
+"""The built-in subcommands: ``run``, ``train`` and ``plugins``."""
+
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from featrob.config import RunConfig
+from featrob.errors import DuplicateNameError
+from featrob.plugins import KINDS, PluginHost
+
+Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+# Options shared by `run` and `train`.
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="Model spec: small-cnn, resnet18, tv:NAME, pkg.module:factory."
+    ),
+]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset", "-d", help="Data spec: digits, mnist, cifar10, npz:PATH, imagefolder:PATH."
+    ),
+]
+EpsOpt = Annotated[
+    str | None, typer.Option("--eps", help="Perturbation budget, e.g. 0.1 or 8/255.")
+]
+NormOpt = Annotated[str | None, typer.Option("--norm", help="Threat model: linf or l2.")]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Run seed (per-sample seeds derive from it).")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML file with any config keys.")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key: --set metrics.NAME.key=value (repeatable)."),
+]
+DataRootOpt = Annotated[
+    str | None, typer.Option("--data-root", help="Folder with torchvision-format data sets.")
+]
+DownloadOpt = Annotated[
+    bool, typer.Option("--download", help="Download torchvision data sets that are missing.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+HeadOpt = Annotated[
+    str | None, typer.Option("--head", help="Replace the model's head: fc, l2, or a plugin's head.")
+]
+
+
+def _overrides(**flags: Any) -> dict[str, Any]:
+    """Flags the user gave (None and False mean 'not given')."""
+    return {k: v for k, v in flags.items() if v is not None and v is not False and v != []}
+
+
+def add_run_command(
+    app: typer.Typer, host_factory: Callable[[], PluginHost], friendly: Wrap
+) -> None:
+    """Add ``featrob run``."""
+
+    @app.command("run")
+    @friendly
+    def run_command(
+        plugin: Annotated[
+            list[str] | None,
+            typer.Option("--plugin", "-p", help="Metric plugin to run (repeatable; default: all)."),
+        ] = None,
+        model: ModelOpt = None,
+        weights: Annotated[
+            str | None,
+            typer.Option(
+                "--weights", "-w", help="Checkpoint to load (else the model is trained and cached)."
+            ),
+        ] = None,
+        head: HeadOpt = None,
+        dataset: DatasetOpt = None,
+        data_root: DataRootOpt = None,
+        download: DownloadOpt = False,
+        split: Annotated[
+            str | None, typer.Option("--split", help="Split to analyse: test or train.")
+        ] = None,
+        n_per_class: Annotated[
+            int | None, typer.Option("--n-per-class", help="Balanced subsample of the split.")
+        ] = None,
+        attack: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--attack", "-a", help="Attack spec, e.g. pgd or 'pgd(steps=20)' (repeatable)."
+            ),
+        ] = None,
+        eps: EpsOpt = None,
+        norm: NormOpt = None,
+        out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder.")] = None,
+        store: Annotated[
+            str | None, typer.Option("--store", help="Feature store folder ('none' disables it).")
+        ] = None,
+        device: DeviceOpt = None,
+        amp: Annotated[
+            str | None, typer.Option("--amp", help="Mixed precision: bf16 or fp16.")
+        ] = None,
+        seed: SeedOpt = None,
+        batch_size: Annotated[
+            int | None, typer.Option("--batch-size", help="Evaluation batch size.")
+        ] = None,
+        report: Annotated[
+            str | None, typer.Option("--report", help="Comma-separated reporters, e.g. json,md.")
+        ] = None,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        quiet: QuietOpt = False,
+    ) -> None:
+        """Analyse a model: run every selected metric and write a report folder."""
+        from featrob.runner import run
+        from featrob.specs import parse_fraction
+
+        flags = _overrides(
+            plugins=plugin,
+            model=model,
+            weights=weights,
+            head=head,
+            dataset=dataset,
+            data_root=data_root,
+            download=download,
+            split=split,
+            n_per_class=n_per_class,
+            attacks=attack,
+            eps=parse_fraction(eps) if eps is not None else None,
+            norm=norm,
+            out=out,
+            store=store,
+            device=device,
+            amp=amp,
+            seed=seed,
+            batch_size=batch_size,
+            reports=report.split(",") if report else None,
+            quiet=quiet,
+        )
+        cfg = RunConfig.load(config, flags, set_)
+        results = run(cfg, host=host_factory())
+        _print_summary(results, Path(cfg.out))
+        if results.failed:
+            raise typer.Exit(1)
+
+
+def _print_summary(results: Any, out: Path) -> None:
+    console = Console()
+    table = Table(title="featrob results", show_lines=False)
+    table.add_column("metric")
+    table.add_column("status")
+    table.add_column("summary")
+    table.add_column("time", justify="right")
+    for name, metric in results.metrics.items():
+        if metric.error:
+            last = metric.error.strip().splitlines()[-1]
+            table.add_row(name, "[red]failed[/red]", last, f"{metric.duration_s:.1f}s")
+            continue
+        parts = [
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in list(metric.summary.items())[:6]
+        ]
+        table.add_row(name, "ok", ", ".join(parts), f"{metric.duration_s:.1f}s")
+    console.print(table)
+    for err in results.errors:
+        console.print(f"[red]error:[/red] {err}")
+    console.print(f"report: {out.resolve()}")
+
+
+def add_train_command(
+    app: typer.Typer, host_factory: Callable[[], PluginHost], friendly: Wrap
+) -> None:
+    """Add ``featrob train``."""
+
+    @app.command("train")
+    @friendly
+    def train_command(
+        out: Annotated[
+            Path,
+            typer.Option(
+                "--out", "-o", help="Checkpoint file to write (a .json card goes beside it)."
+            ),
+        ],
+        model: ModelOpt = None,
+        dataset: DatasetOpt = None,
+        method: Annotated[
+            str | None,
+            typer.Option("--method", help="standard, pgd, trades, or a plugin's method."),
+        ] = None,
+        eps: EpsOpt = None,
+        norm: NormOpt = None,
+        epochs: Annotated[int | None, typer.Option("--epochs", help="Training epochs.")] = None,
+        lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+        batch_size: Annotated[
+            int | None, typer.Option("--batch-size", help="Training batch size.")
+        ] = None,
+        augment: Annotated[
+            bool, typer.Option("--augment", help="Random crops (and flips for colour images).")
+        ] = False,
+        head: HeadOpt = None,
+        data_root: DataRootOpt = None,
+        download: DownloadOpt = False,
+        device: DeviceOpt = None,
+        seed: SeedOpt = None,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        quiet: QuietOpt = False,
+    ) -> None:
+        """Train a model and write a checkpoint with a JSON card (accuracies, versions)."""
+        from featrob.prepare import build, fit, load_data, resolve_device, write_checkpoint
+        from featrob.progress import Reporter
+        from featrob.specs import parse_fraction
+
+        flags = _overrides(
+            model=model,
+            dataset=dataset,
+            eps=parse_fraction(eps) if eps is not None else None,
+            norm=norm,
+            head=head,
+            data_root=data_root,
+            download=download,
+            device=device,
+            seed=seed,
+            quiet=quiet,
+        )
+        train_flags = _overrides(
+            method=method, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment
+        )
+        cfg = RunConfig.load(config, flags, set_)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train_flags))
+        host = host_factory()
+        host.training_methods.get(cfg.train.method)  # unknown method: fail before loading data
+        progress = Reporter(quiet=cfg.quiet)
+        data = load_data(cfg, host)
+        net = build(cfg, data, host)
+        card = fit(
+            net,
+            data,
+            cfg.train,
+            host,
+            eps=cfg.eps,
+            norm=cfg.norm,
+            device=resolve_device(cfg.device),
+            seed=cfg.seed,
+            progress=progress,
+        )
+        card_path = write_checkpoint(net.cpu(), out, card)
+        typer.echo(
+            f"{cfg.model} on {data.spec} ({cfg.train.method}, {card['epochs']} epochs, "
+            f"{card['duration_s']:.0f}s): clean accuracy {card['clean_accuracy']:.4f}, "
+            f"PGD-20 accuracy {card['pgd_accuracy']:.4f} ({card['threat_model']['norm']}, "
+            f"eps={card['threat_model']['eps']:g}, {card['eval_n']} test images)"
+        )
+        typer.echo(f"wrote {out} and {card_path}")
+
+
+def add_plugins_command(
+    app: typer.Typer, host_factory: Callable[[], PluginHost], friendly: Wrap
+) -> None:
+    """Add ``featrob plugins``."""
+
+    @app.command("plugins")
+    @friendly
+    def plugins_command(
+        as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    ) -> None:
+        """List installed plugins: source, distribution, version, what they register, errors."""
+        from featrob.cli import dump_json
+
+        host = host_factory()
+        problem = None
+        try:
+            host.build_all()
+        except DuplicateNameError as exc:
+            problem = str(exc)
+        infos = list(host.plugins.values())
+        if as_json:
+            typer.echo(dump_json([dataclasses.asdict(p) | {"ok": p.ok} for p in infos]))
+        else:
+            table = Table(title="featrob plugins")
+            for col in ("plugin", "source", "distribution", "registers", "status"):
+                table.add_column(col)
+            for p in infos:
+                registers = "; ".join(
+                    f"{kind.replace('_', ' ')}: {', '.join(names)}"
+                    for kind, names in p.registers.items()
+                    if kind in KINDS
+                )
+                dist = f"{p.distribution} {p.version}" if p.distribution else p.target
+                status = "ok" if p.ok else f"[red]error: {p.error}[/red]"
+                table.add_row(p.name, p.source, dist, registers or "-", status)
+            Console(width=200).print(table)
+        if problem:
+            typer.secho(f"featrob: error: {problem}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2)

@@ -1,0 +1,175 @@
+"""What a metric gets to work with: :class:`RunContext`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from featrob.attacks.base import Attack
+from featrob.extract import Extractor, FeatureSet, autocast_context
+from featrob.seeding import derive_seed, sample_seeds
+from featrob.specs import parse_call
+
+if TYPE_CHECKING:
+    from featrob.config import RunConfig
+    from featrob.data.base import DatasetBundle, DataSplit
+    from featrob.models.base import FeatrobModel
+    from featrob.plugins import PluginHost
+    from featrob.progress import Reporter
+    from featrob.registry import Registry
+    from featrob.store import FeatureStore
+
+
+class RunContext:
+    """The model, data, device, seeds, attacks and feature store of a run.
+
+    Attributes:
+        config: the resolved run configuration.
+        model: the model in eval mode on :attr:`device` (backbone and head separate).
+        data: the whole data set (``data.train`` for metrics that need training samples).
+        split: the analysed samples (the configured split, subsampled).
+        device: where computation runs.
+        store: the shared feature store (None when disabled).
+        host: the plugin host (registries of every kind).
+        progress: progress bars (quiet with ``--quiet``).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        model: FeatrobModel,
+        data: DatasetBundle,
+        split: DataSplit,
+        device: torch.device,
+        host: PluginHost,
+        store: FeatureStore | None,
+        progress: Reporter,
+        model_fingerprint: str,
+    ) -> None:
+        self.config, self.model, self.data, self.split = config, model, data, split
+        self.device, self.host, self.store, self.progress = device, host, store, progress
+        self.model_fingerprint = model_fingerprint
+        self.data_key = {
+            "dataset": data.spec,
+            "data_fingerprint": data.fingerprint,
+            "data_options": config.data_options,
+            "split": config.split,
+        }
+        self._extractor = Extractor(
+            model,
+            split,
+            device,
+            store,
+            base_key={"model": model_fingerprint, **self.data_key},
+            batch_size=config.batch_size,
+            amp=config.amp,
+            progress=progress,
+        )
+
+    # ------------------------------------------------------------------ data
+    @property
+    def labels(self) -> Tensor:
+        """True labels of the analysed samples ``[N]``."""
+        return self.split.labels
+
+    @property
+    def indices(self) -> Tensor:
+        """Source indices of the analysed samples ``[N]``."""
+        return self.split.indices
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return self.data.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names (``"0"``..``"K-1"`` when the data set has none)."""
+        return self.data.classes or [str(k) for k in range(self.num_classes)]
+
+    @property
+    def attacks(self) -> Registry[Any]:
+        """The attack registry."""
+        return self.host.attacks
+
+    # ------------------------------------------------------------------ randomness
+    def rng(self, purpose: str) -> np.random.Generator:
+        """A NumPy generator seeded from the run seed and ``purpose`` (a metric's name), so a
+        metric's randomness does not depend on which metrics ran before it."""
+        return np.random.default_rng(derive_seed(self.config.seed, purpose))
+
+    def torch_generator(self, purpose: str) -> torch.Generator:
+        """A torch generator (CPU) seeded like :meth:`rng`."""
+        return torch.Generator().manual_seed(derive_seed(self.config.seed, purpose))
+
+    def sample_seeds(self, indices: Tensor | None = None) -> Tensor:
+        """Per-sample seeds of the analysed samples (or of ``indices``)."""
+        return sample_seeds(self.config.seed, self.indices if indices is None else indices)
+
+    # ------------------------------------------------------------------ options and attacks
+    def options(self, metric: str) -> dict[str, Any]:
+        """The user's options for ``metric`` (``[metrics.NAME]`` in the config)."""
+        return dict(self.config.metrics.get(metric, {}))
+
+    def make_attack(
+        self,
+        spec: str | None = None,
+        *,
+        eps: float | None = None,
+        norm: str | None = None,
+        seed: int | None = None,
+        **params: Any,
+    ) -> Attack:
+        """Instantiate a registered attack.
+
+        Args:
+            spec: ``"pgd"`` or ``"pgd(steps=20)"``; default the run's first attack.
+            eps, norm, seed: default the run's.
+            **params: override parameters of the spec.
+        """
+        name, spec_params = parse_call(spec or self.config.attacks[0])
+        cls = self.attacks.get(name)
+        return cls(
+            eps=self.config.eps if eps is None else eps,
+            norm=norm or self.config.norm,
+            seed=self.config.seed if seed is None else seed,
+            **{**spec_params, **params},
+        )
+
+    def run_attacks(self) -> list[Attack]:
+        """The run's configured attacks (``--attack``), instantiated."""
+        return [self.make_attack(spec) for spec in self.config.attacks]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes (``--amp``), or a no-op."""
+        return autocast_context(self.device, self.config.amp)
+
+    # ------------------------------------------------------------------ features
+    def features(
+        self, layer: str = "features", perturbation: Attack | str | None = None
+    ) -> FeatureSet:
+        """Outputs of ``layer`` for every analysed sample, computed once and stored.
+
+        Args:
+            layer: a layer name (``"features"``, ``"logits"``, ``"input"``, ``"conv2"``, ...).
+            perturbation: None for clean inputs, an :class:`Attack`, or an attack spec string
+                (instantiated with the run's eps, norm and seed).
+        """
+        return self.features_many([layer], perturbation)[layer]
+
+    def features_many(
+        self, layers: Sequence[str], perturbation: Attack | str | None = None
+    ) -> dict[str, FeatureSet]:
+        """Several layers from one pass (cheaper than separate :meth:`features` calls)."""
+        attack = self.make_attack(perturbation) if isinstance(perturbation, str) else perturbation
+        return self._extractor.features(layers, attack)
+
+    def inputs(self, perturbation: Attack | str | None = None) -> Tensor:
+        """Model inputs of every analysed sample: clean images or stored adversarial ones."""
+        attack = self.make_attack(perturbation) if isinstance(perturbation, str) else perturbation
+        return self._extractor.inputs(attack)

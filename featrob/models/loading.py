@@ -1,0 +1,385 @@
+"""Building models from spec strings, swapping heads, saving and loading weights.
+
+Spec forms understood by :func:`build_model`:
+
+* ``small-cnn``: a registered architecture;
+* ``tv:resnet50``: a registered factory that declares a parameter ``arg`` gets the text
+  after the colon;
+* ``package.module:factory``: any importable callable returning an ``nn.Module``; it gets
+  ``num_classes`` / ``input_shape`` if it has parameters of those names.
+
+Checkpoints written by :func:`save_checkpoint` are ``{"state_dict": ..., "featrob": card}``
+and load with ``torch.load(..., weights_only=True)``; :func:`load_weights` also takes a raw
+state_dict of the wrapped model or of the original, unwrapped network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from featrob.errors import ConfigError, FeatrobError, ModelError, UnknownNameError
+from featrob.models._parts import check_problem
+from featrob.models.base import FeatrobModel, split_backbone_head
+from featrob.specs import split_spec
+
+#: Prefixes that wrappers add to state_dict keys (DataParallel, torch.compile).
+_PREFIXES = ("module.", "_orig_mod.")
+#: Keys under which training scripts commonly nest the state_dict.
+_NESTED = ("state_dict", "model_state_dict", "model", "net")
+
+
+def build_model(
+    spec: str,
+    registry: Any,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    options: dict[str, Any] | None = None,
+    head: str | None = None,
+    head_registry: Any = None,
+    head_options: dict[str, Any] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> FeatrobModel:
+    """Build the network named by ``spec`` and wrap it in a :class:`FeatrobModel`.
+
+    Args:
+        spec: ``NAME``, ``NAME:ARG`` or ``package.module:factory`` (see the module doc).
+        registry: the model registry (``Registry`` of factories).
+        input_shape: ``(C, H, W)`` of the pixel-space inputs.
+        num_classes: number of classes K.
+        options: keyword options for the factory (unknown ones raise ConfigError).
+        head: replace the network's head by this registered head (``"l2"``, ...); None or
+            ``"fc"`` keep the network's own linear head.
+        head_registry: the head registry (default: the built-in heads ``fc`` and ``l2``).
+        head_options: keyword options for the head factory.
+        mean, std: per-channel normalisation of [0, 1] inputs (1 or C values each).
+
+    Returns:
+        The wrapped model; ``arch`` records spec, options, head, head_options,
+        input_shape, num_classes and ``head_name`` (the head's name in the original
+        network, used by :func:`load_weights` to map original checkpoints).
+
+    Raises:
+        UnknownNameError: unknown model, head or torchvision name (with close matches).
+        ConfigError: bad options, shapes or normalisation.
+        ModelError: the module cannot be imported, built or split into backbone and head.
+    """
+    options = dict(options or {})
+    head_options = dict(head_options or {})
+    reserved = sorted({"input_shape", "num_classes", "arg"} & options.keys())
+    if reserved:
+        raise ConfigError(f"{', '.join(reserved)} cannot be given as model options")
+    shape, num_classes = check_problem(spec, input_shape, num_classes)
+    for what, values in (("mean", mean), ("std", std)):
+        if values is not None and len(list(values)) not in (1, shape[0]):
+            raise ConfigError(
+                f"normalisation {what} needs 1 or {shape[0]} values, got {list(values)}"
+            )
+
+    net = _instantiate(spec, registry, shape, num_classes, options)
+    for module in net.modules():
+        if isinstance(getattr(module, "inplace", None), bool):
+            module.inplace = False
+    backbone, head_module, head_name = split_backbone_head(net)
+    layers = getattr(net, "featrob_layers", None)
+    if layers is not None:
+        layers = list(layers)
+        if "logits" not in layers:
+            layers.append("logits")
+    arch = {
+        "spec": spec,
+        "options": options,
+        "head": head,
+        "head_options": head_options,
+        "input_shape": list(shape),
+        "num_classes": num_classes,
+        "head_name": head_name,
+    }
+    model = FeatrobModel(
+        backbone,
+        head_module,
+        mean=mean,
+        std=std,
+        layers=layers,
+        feature_layer=getattr(net, "featrob_feature_layer", None),
+        arch=arch,
+    )
+    if head is not None and (head != "fc" or head_options):
+        factory = _head_factory(head, head_registry)
+        new_head = _call(factory, f"head {head!r}", model.num_features, num_classes, **head_options)
+        if not isinstance(new_head, nn.Module):
+            raise ModelError(f"head {head!r} factory returned {type(new_head).__name__}")
+        model = model.with_head(new_head)
+    return model
+
+
+def _head_factory(head: str, head_registry: Any) -> Callable[..., Any]:
+    if head_registry is not None:
+        return head_registry.get(head)
+    from featrob.models.heads import HEADS
+
+    if head not in HEADS:
+        raise UnknownNameError("head", head, HEADS)
+    return HEADS[head]
+
+
+def _instantiate(
+    spec: str, registry: Any, shape: tuple[int, int, int], num_classes: int, options: dict
+) -> nn.Module:
+    """The raw ``nn.Module`` for ``spec`` (registered factory or imported callable)."""
+    name, arg = split_spec(spec)
+    registered = registry is not None and name in registry
+    if not registered and ("." in name or (arg is not None and _importable(name))):
+        if not arg:
+            raise ModelError(f"model spec {spec!r} names a module; write it as module:factory")
+        factory = _import_factory(name, arg, spec)
+        kwargs: dict[str, Any] = {}
+        sig = _parameters(factory)
+        if sig is None or "num_classes" in sig[0]:
+            kwargs["num_classes"] = num_classes
+        if sig is not None and "input_shape" in sig[0]:
+            kwargs["input_shape"] = shape
+        net = _call(factory, f"model {spec!r}", **kwargs, **options)
+    else:
+        if registry is None:
+            raise ConfigError(f"model {spec!r}: no model registry given")
+        factory = registry.get(name)  # UnknownNameError with close matches
+        params = (_parameters(factory) or ({}, True))[0]
+        extra: dict[str, Any] = {}
+        if "arg" in params:
+            if arg is None and params["arg"].default is inspect.Parameter.empty:
+                raise ConfigError(f"model {name!r} needs an argument: {name}:ARG")
+            extra["arg"] = arg
+        elif arg is not None:
+            raise ConfigError(f"model {name!r} takes no ':ARG' part, got {spec!r}")
+        net = _call(factory, f"model {name!r}", shape, num_classes, **extra, **options)
+    if not isinstance(net, nn.Module):
+        raise ModelError(
+            f"model {spec!r}: the factory returned {type(net).__name__}, not nn.Module"
+        )
+    return net
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _import_factory(module_name: str, attr: str, spec: str) -> Callable[..., Any]:
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(
+            f"cannot import module {module_name!r} for model {spec!r}: {exc}"
+        ) from None
+    except Exception as exc:  # the user's module itself failed: still one line
+        raise ModelError(
+            f"importing {module_name!r} for model {spec!r} failed: {type(exc).__name__}: "
+            f"{_first_line(exc)}"
+        ) from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelError(f"module {module_name!r} has no attribute {attr!r} (model {spec!r})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelError(f"{module_name}:{attr} is not callable (model {spec!r})")
+    return obj
+
+
+def _parameters(func: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], bool] | None:
+    """``(named parameters, takes **kwargs)`` of ``func``; None if it cannot be inspected."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return None
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = {
+        n: p
+        for n, p in params.items()
+        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
+    return named, var_kw
+
+
+def _call(func: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)`` with unknown options and crashes as one-line errors."""
+    sig = _parameters(func)
+    if sig is not None and not sig[1]:
+        params = sig[0]
+        unknown = sorted(k for k in kwargs if k not in params)
+        if unknown:
+            valid = [p for p in params if p not in ("input_shape", "num_classes", "arg")]
+            raise ConfigError(
+                f"unknown option(s) {', '.join(repr(u) for u in unknown)} for {what}; "
+                f"valid: {', '.join(valid) or 'none'}"
+            )
+    try:
+        return func(*args, **kwargs)
+    except FeatrobError:
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"building {what} failed: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------ weights
+def save_checkpoint(model: FeatrobModel, path: str | os.PathLike[str], card: dict) -> Path:
+    """Write ``{"state_dict": ..., "featrob": card}`` loadable with ``weights_only=True``.
+
+    The card is round-tripped through JSON first (tuples become lists), so it must hold
+    only JSON values; tensors are moved to the CPU. The file is written atomically.
+
+    Raises:
+        ModelError: the card is not JSON-able or the file cannot be written.
+    """
+    try:
+        clean = json.loads(json.dumps(dict(card)))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model card must hold only JSON values: {exc}") from None
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": state, "featrob": clean}, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ModelError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def load_weights(model: FeatrobModel, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load weights into ``model`` in place; return the checkpoint's card (or ``{}``).
+
+    Accepts a featrob checkpoint, a raw state_dict of the :class:`FeatrobModel`
+    (``backbone.*``, ``head.*``) or a raw state_dict of the original network (e.g. a
+    torchvision checkpoint with ``conv1.weight`` and ``fc.weight``): its head
+    (``model.arch["head_name"]``) maps to ``head.*`` and everything else to
+    ``backbone.*``. Leading ``module.`` (DataParallel) and ``_orig_mod.`` prefixes are
+    stripped. Only tensors and plain data are read (``weights_only=True``).
+
+    Raises:
+        ModelError: missing or unreadable file, or keys/shapes that do not fit the model
+            (one message listing missing and unexpected keys and shape mismatches).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(
+            f"torch cannot load {path} with weights_only=True ({_unpickler_detail(exc)}); "
+            "featrob reads only tensors and plain data: re-save the network's state_dict"
+        ) from None
+    except Exception as exc:
+        raise ModelError(f"cannot read weights file {path}: {_first_line(exc)}") from None
+
+    state, card = _unwrap(obj, path)
+    state = {_strip_prefixes(k): v for k, v in state.items()}
+    target = model.state_dict()
+    candidates = [state]
+    head_name = model.arch.get("head_name")
+    if head_name:
+        candidates.append(_map_original(state, head_name))
+    best = max(candidates, key=lambda c: len(c.keys() & target.keys()))  # first on ties
+    _check_fit(best, target, path)
+    model.load_state_dict(best, strict=True)
+    return dict(card) if isinstance(card, Mapping) else {}
+
+
+def _unpickler_detail(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[-1].strip()
+            detail = detail or (lines[i + 1] if i + 1 < len(lines) else "unsupported content")
+            return detail.split(". ", 1)[0].rstrip(".")
+    return "it holds pickled Python objects, not just tensors"
+
+
+def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Tensor], Any]:
+    """``(state_dict, card)`` from what torch.load returned."""
+    card: Any = {}
+    if isinstance(obj, Mapping):
+        if isinstance(obj.get("featrob"), Mapping):
+            card = obj["featrob"]
+        for key in _NESTED:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and _all_tensors(inner):
+                return dict(inner), card
+        if obj and _all_tensors(obj):
+            return dict(obj), card
+    raise ModelError(
+        f"{path} holds no state_dict (got {type(obj).__name__}); expected a mapping of "
+        "parameter names to tensors or a featrob checkpoint"
+    )
+
+
+def _all_tensors(mapping: Mapping) -> bool:
+    return all(isinstance(k, str) and isinstance(v, Tensor) for k, v in mapping.items())
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def _map_original(state: Mapping[str, Tensor], head_name: str) -> dict[str, Tensor]:
+    """Keys of the unwrapped network -> keys of the FeatrobModel."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(head_name + "."):
+            out["head." + key[len(head_name) + 1 :]] = value
+        else:
+            out["backbone." + key] = value
+    return out
+
+
+def _few(keys: list[str], n: int = 8) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _check_fit(state: Mapping[str, Tensor], target: Mapping[str, Tensor], path: Path) -> None:
+    missing = sorted(target.keys() - state.keys())
+    unexpected = sorted(state.keys() - target.keys())
+    shapes = [
+        f"{k} (file {list(state[k].shape)}, model {list(target[k].shape)})"
+        for k in sorted(target.keys() & state.keys())
+        if state[k].shape != target[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_few(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {_few(shapes)}")
+    if problems:
+        raise ModelError(f"weights in {path} do not fit the model: " + "; ".join(problems))

@@ -1,0 +1,36 @@
+"""Validation of plugin options against a class's declared ``defaults``.
+
+Attacks, metrics and training methods declare every option they take, with its default, in
+a ``defaults`` class attribute. A misspelt option is an error with a close match, never
+silently ignored (a typo in ``steps`` would otherwise run a weaker attack).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+from featrob.errors import ConfigError
+
+
+def merge_options(
+    kind: str, name: str, defaults: Mapping[str, Any], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``defaults`` updated with ``given``; unknown keys raise :class:`ConfigError`.
+
+    Args:
+        kind: "attack", "metric", ... (for the message).
+        name: the thing's registry name.
+        defaults: declared options and their defaults.
+        given: user-supplied options.
+    """
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        parts = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        known = ", ".join(sorted(defaults)) or "none"
+        raise ConfigError(f"{kind} {name!r} has no option {', '.join(parts)}; options: {known}")
+    return {**defaults, **given}

@@ -1,0 +1,205 @@
+"""Getting a ready model and data set for a run: build, load or train (once, cached)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featrob.config import RunConfig, TrainConfig, featrob_home
+from featrob.data import load_dataset
+from featrob.data.base import DatasetBundle
+from featrob.errors import ConfigError, ModelError
+from featrob.models import build_model, load_weights, save_checkpoint
+from featrob.models.base import FeatrobModel
+from featrob.plugins import PluginHost
+from featrob.progress import Reporter
+from featrob.seeding import derive_seed
+from featrob.store import key_digest
+
+#: Samples per class used for the PGD accuracy on a model card when the test split is large.
+CARD_EVAL_PER_CLASS = 100
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU")
+    return device
+
+
+def load_data(config: RunConfig, host: PluginHost) -> DatasetBundle:
+    """The configured data set (whole; the analysed split is subsampled by the runner)."""
+    return load_dataset(
+        config.dataset,
+        host.datasets,
+        root=Path(config.data_root) if config.data_root else None,
+        download=config.download,
+        options=config.data_options,
+    )
+
+
+def build(config: RunConfig, data: DatasetBundle, host: PluginHost) -> FeatrobModel:
+    """The configured architecture with fresh (seeded) weights, checked on one input."""
+    torch.manual_seed(derive_seed(config.seed, "model-init"))
+    model = build_model(
+        config.model,
+        host.models,
+        data.input_shape,
+        data.num_classes,
+        options=config.model_options,
+        head=config.head,
+        head_registry=host.heads,
+        head_options=config.head_options,
+        mean=data.mean,
+        std=data.std,
+    )
+    check_forward(model, data)
+    return model
+
+
+def check_forward(model: FeatrobModel, data: DatasetBundle) -> None:
+    """One forward pass on one image: a shape mismatch becomes one clear line."""
+    x = data.test.float_images(torch.arange(1))
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as exc:  # any failure here is a model/data mismatch
+        raise ModelError(
+            f"model {model.arch.get('spec')!r} fails on an input of shape {tuple(x.shape)} "
+            f"from {data.spec!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"model {model.arch.get('spec')!r} returns {shape} for one input; "
+            f"featrob needs logits of shape (1, {data.num_classes})"
+        )
+
+
+def cached_model_path(config: RunConfig, data: DatasetBundle) -> Path:
+    """Where ``featrob run`` keeps the model it trained for this exact configuration."""
+    key = {
+        "model": config.model,
+        "model_options": config.model_options,
+        "head": config.head,
+        "head_options": config.head_options,
+        "data": data.spec,
+        "data_fingerprint": data.fingerprint,
+        "data_options": config.data_options,
+        "train": dataclasses.asdict(config.train),
+        "eps": config.eps,
+        "norm": config.norm,
+        "seed": config.seed,
+    }
+    return featrob_home() / "models" / f"{key_digest(key)}.pt"
+
+
+def fit(
+    model: FeatrobModel,
+    data: DatasetBundle,
+    train_config: TrainConfig,
+    host: PluginHost,
+    *,
+    eps: float,
+    norm: str,
+    device: torch.device,
+    seed: int,
+    progress: Reporter,
+) -> dict[str, Any]:
+    """Train, then measure clean and PGD-20 accuracy; return the model card."""
+    from featrob.attacks.pgd import PGD
+    from featrob.training import accuracy, model_card, train
+
+    report = train(
+        model,
+        data,
+        train_config,
+        host.training_methods,
+        eps=eps,
+        norm=norm,
+        device=device,
+        seed=seed,
+        progress=progress,
+    )
+    card_eps = train_config.eps if train_config.eps is not None else eps
+    card_norm = train_config.norm or norm
+    test = data.test
+    if len(test) > CARD_EVAL_PER_CLASS * data.num_classes:
+        test = test.balanced_subset(CARD_EVAL_PER_CLASS, seed)
+    pgd = PGD(eps=card_eps, norm=card_norm, steps=20, seed=seed)
+    clean = accuracy(model, test, device=device)
+    progress.log(f"evaluating PGD-20 ({card_norm}, eps={card_eps:g}) on {len(test)} test images")
+    robust = accuracy(model, test, device=device, attack=pgd, seed=seed)
+    card = model_card(
+        model,
+        data,
+        train_config,
+        report,
+        eps=card_eps,
+        norm=card_norm,
+        seed=seed,
+        clean_accuracy=clean,
+        pgd_accuracy=robust,
+        pgd_spec=pgd.spec(),
+    )
+    card["eval_n"] = len(test)
+    return card
+
+
+def write_checkpoint(model: FeatrobModel, path: Path, card: dict[str, Any]) -> Path:
+    """Save the checkpoint and its JSON card (``FILE.json`` beside ``FILE.pt``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, path, card)
+    card_path = path.with_suffix(".json")
+    card_path.write_text(json.dumps(card, indent=2, default=str) + "\n")
+    return card_path
+
+
+def prepare_model(
+    config: RunConfig,
+    data: DatasetBundle,
+    host: PluginHost,
+    device: torch.device,
+    progress: Reporter,
+) -> tuple[FeatrobModel, dict[str, Any]]:
+    """The run's model in eval mode on ``device``, and its card.
+
+    With ``weights`` the checkpoint is loaded. Without, the model is trained with
+    ``config.train`` and cached under ``$FEATROB_HOME/models`` keyed by everything that
+    determines it, so the next identical run loads it.
+    """
+    model = build(config, data, host)
+    if config.weights:
+        card = load_weights(model, config.weights)
+    else:
+        path = cached_model_path(config, data)
+        if path.exists():
+            progress.log(f"loading cached model {path}")
+            card = load_weights(model, path)
+        else:
+            progress.log(
+                f"training {config.model} on {data.spec} ({config.train.method}); cached as {path}"
+            )
+            card = fit(
+                model,
+                data,
+                config.train,
+                host,
+                eps=config.eps,
+                norm=config.norm,
+                device=device,
+                seed=config.seed,
+                progress=progress,
+            )
+            write_checkpoint(model, path, card)
+    return model.to(device).eval(), card

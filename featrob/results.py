@@ -1,0 +1,160 @@
+"""What a metric returns and what a run writes.
+
+A :class:`MetricResult` is renderer-agnostic: a flat ``summary`` of numbers, named
+``tables`` (lists of row dicts), ``arrays`` (NumPy, for further analysis) and ``figures``
+(data plus labels, not pixels), so any reporter can render any metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SUMMARY_TYPES = (int, float, str, bool, type(None))
+
+
+@dataclass
+class Figure:
+    """A plot described by its data, rendered by reporters.
+
+    Attributes:
+        kind: ``"line"``, ``"scatter"``, ``"hist"``, ``"box"``, ``"bar"`` or ``"image"``.
+        series: one dict per series, e.g. ``{"label": "pgd", "x": [...], "y": [...]}``; for
+            ``"box"`` ``{"label": ..., "values": [[...], [...]]}``; for ``"hist"``
+            ``{"label": ..., "values": [...], "bins": 20}``.
+        title, xlabel, ylabel: text.
+        options: extra rendering hints (``{"logy": True}``, a second axis, ...).
+    """
+
+    kind: str
+    series: list[dict[str, Any]] = field(default_factory=list)
+    title: str = ""
+    xlabel: str = ""
+    ylabel: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MetricResult:
+    """The outcome of one metric.
+
+    Attributes:
+        summary: flat ``{key: number|str|bool|None}``; keys may be dotted (``fgsm.error_rate``).
+        tables: ``{table name: [row dict, ...]}``.
+        arrays: ``{name: ndarray}`` (saved beside results.json, not inside it).
+        figures: ``{name: Figure}``.
+        warnings: things the reader should know (e.g. gradient masking suspected).
+        error: the traceback when the metric raised, else None.
+        duration_s: wall time of the metric.
+    """
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    duration_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict (arrays are listed by shape only)."""
+        return {
+            "summary": {k: _jsonable(v) for k, v in self.summary.items()},
+            "tables": {k: [_jsonable(r) for r in rows] for k, rows in self.tables.items()},
+            "figures": {k: _jsonable(asdict(f)) for k, f in self.figures.items()},
+            "arrays": {k: list(np.shape(v)) for k, v in self.arrays.items()},
+            "warnings": list(self.warnings),
+            "error": self.error,
+            "duration_s": round(self.duration_s, 4),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MetricResult:
+        """Inverse of :meth:`to_json` (arrays are not restored here)."""
+        return cls(
+            summary=dict(data.get("summary", {})),
+            tables={k: list(v) for k, v in data.get("tables", {}).items()},
+            figures={k: Figure(**v) for k, v in data.get("figures", {}).items()},
+            warnings=list(data.get("warnings", [])),
+            error=data.get("error"),
+            duration_s=float(data.get("duration_s", 0.0)),
+        )
+
+
+@dataclass
+class Results:
+    """Everything a run produced; ``results.json`` is :meth:`to_json`."""
+
+    featrob: str
+    config: dict[str, Any]
+    plugins: dict[str, str]
+    metrics: dict[str, MetricResult] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        """True when a metric or a plugin failed."""
+        return bool(self.errors) or any(m.error for m in self.metrics.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented results.json layout."""
+        return {
+            "featrob": self.featrob,
+            "config": _jsonable(self.config),
+            "plugins": dict(self.plugins),
+            "metrics": {name: m.to_json() for name, m in self.metrics.items()},
+            "errors": list(self.errors),
+            "environment": _jsonable(self.environment),
+        }
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Results:
+        """Read a finished run's results.json (and arrays.npz when present)."""
+        path = Path(run_dir) / "results.json"
+        data = json.loads(path.read_text())
+        results = cls(
+            featrob=data["featrob"],
+            config=data["config"],
+            plugins=data.get("plugins", {}),
+            metrics={k: MetricResult.from_json(v) for k, v in data.get("metrics", {}).items()},
+            errors=list(data.get("errors", [])),
+            environment=data.get("environment", {}),
+        )
+        arrays_path = Path(run_dir) / "arrays.npz"
+        if arrays_path.exists():
+            with np.load(arrays_path, allow_pickle=False) as npz:
+                for key in npz.files:
+                    metric, _, name = key.partition("/")
+                    if metric in results.metrics:
+                        results.metrics[metric].arrays[name] = npz[key]
+        return results
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types; NaN and inf become None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return _jsonable(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)

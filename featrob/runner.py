@@ -1,0 +1,160 @@
+"""``featrob.run(config)``: the whole analysis, as the CLI runs it.
+
+Order: select plugins, load data, get the model (load or train once), open the store, run
+each metric in its own try/except (a failing metric is recorded with its traceback and the
+others still run), write results after every metric (nothing finished is lost), then let
+every reporter render the results.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import featrob
+from featrob.config import RunConfig, to_toml
+from featrob.context import RunContext
+from featrob.errors import ConfigError, FeatrobError, PluginLoadError
+from featrob.plugins import PluginHost, get_plugin_host
+from featrob.prepare import load_data, prepare_model, resolve_device
+from featrob.progress import Reporter
+from featrob.registry import Entry
+from featrob.results import MetricResult, Results
+from featrob.store import FeatureStore
+
+
+def select_metrics(config: RunConfig, host: PluginHost) -> tuple[list[Entry[Any]], list[str]]:
+    """The metrics to run and error lines for broken plugins.
+
+    With ``config.plugins`` empty every installed metric runs and a broken plugin is an error
+    line in the results; a plugin named in ``config.plugins`` must load (else the run stops
+    here, naming it) and must register at least one metric.
+    """
+    registry = host.metrics
+    errors = [f"plugin {p.name!r} failed to load: {p.error}" for p in host.broken()]
+    if not config.plugins:
+        return list(registry), errors
+    chosen: list[Entry[Any]] = []
+    for name in config.plugins:
+        info = host.require(name)
+        names = host.metrics.by_plugin(info.name)
+        if not names:
+            raise PluginLoadError(f"plugin {info.name!r} registers no metric; nothing to run")
+        chosen += [registry.entry(n) for n in names if registry.entry(n) not in chosen]
+    # broken plugins that were not asked for do not fail an explicit selection
+    return chosen, []
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions and hardware of this run (saved so it can be repeated)."""
+    import numpy as np
+    import torchvision
+
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def run(
+    config: RunConfig | dict[str, Any] | None = None,
+    *,
+    host: PluginHost | None = None,
+    progress: Reporter | None = None,
+) -> Results:
+    """Run every selected metric and write the reports.
+
+    Args:
+        config: a :class:`RunConfig`, a dict of config keys, or None for the defaults.
+        host: plugin host (default: every installed plugin).
+        progress: progress bars (default: quiet when ``config.quiet``).
+
+    Returns:
+        The results; ``results.failed`` is True when a metric or plugin failed.
+    """
+    if config is None:
+        config = RunConfig()
+    elif isinstance(config, dict):
+        config = RunConfig.from_dict(config)
+    host = host or get_plugin_host()
+    progress = progress or Reporter(quiet=config.quiet)
+    metrics, errors = select_metrics(config, host)
+    reporters = [host.reporters.get(name) for name in config.reports]
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+
+    data = load_data(config, host)
+    split = data.split(config.split)
+    if config.n_per_class:
+        split = split.balanced_subset(config.n_per_class, config.seed)
+    model, card = prepare_model(config, data, host, device, progress)
+    store_path = config.store_path()
+    store = FeatureStore(store_path) if store_path is not None else None
+    fingerprint = model.fingerprint()
+    ctx = RunContext(config, model, data, split, device, host, store, progress, fingerprint)
+
+    resolved = config.to_dict()
+    resolved["sample_indices"] = split.indices.tolist()
+    results = Results(
+        featrob=featrob.__version__,
+        config=resolved,
+        plugins=host.versions(),
+        errors=errors,
+        environment={**environment(device), "model_fingerprint": fingerprint, "model_card": card},
+    )
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(to_toml({k: v for k, v in config.to_dict().items()}))
+    json_reporter = host.reporters.get("json")() if "json" in host.reporters else None
+
+    results.errors += host.call("featrob_run_start", context=ctx)
+    for entry in metrics:
+        result = _run_metric(entry, ctx, progress)
+        results.metrics[entry.name] = result
+        results.errors += host.call(
+            "featrob_metric_result", name=entry.name, result=result, context=ctx
+        )
+        if json_reporter is not None:
+            json_reporter.write(results, out)  # keep what is finished, whatever happens next
+    results.errors += host.call("featrob_run_end", results=results, context=ctx)
+    for reporter_cls in reporters:
+        try:
+            reporter_cls().write(results, out)
+        except Exception as exc:
+            results.errors.append(
+                f"reporter {reporter_cls.name!r} failed: {type(exc).__name__}: {exc}"
+            )
+    if json_reporter is not None:
+        json_reporter.write(results, out)
+    return results
+
+
+def _run_metric(entry: Entry[Any], ctx: RunContext, progress: Reporter) -> MetricResult:
+    progress.log(f"metric {entry.name}")
+    start = time.perf_counter()
+    try:
+        metric = entry.obj(**ctx.options(entry.name))
+        result = metric.compute(ctx)
+        if not isinstance(result, MetricResult):
+            raise TypeError(
+                f"metric {entry.name!r} returned {type(result).__name__}, not MetricResult"
+            )
+    except (FeatrobError, ConfigError) as exc:
+        result = MetricResult(error=f"{type(exc).__name__}: {exc}")
+    except Exception:
+        result = MetricResult(error=traceback.format_exc())
+    result.duration_s = time.perf_counter() - start
+    return result

@@ -1,0 +1,236 @@
+"""Helpers for testing featrob plugins, ours and third parties' alike.
+
+Typical use in a plugin's test suite::
+
+    from featrob.testing import check_attack, check_metric, make_context
+
+    def test_my_metric():
+        result = check_metric(MyMetric)          # runs it on a tiny trained model
+        assert result.summary["my_value"] > 0
+
+    def test_my_attack():
+        check_attack(MyAttack, eps=0.1)          # ball, box, batch invariance, NaN safety
+
+Everything here is offline and fast (a few seconds on a 2-core CPU): data come from
+scikit-learn's bundled 8x8 digits, the model is a tiny CNN trained for a few epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from featrob.attacks.base import Attack, flat_norm
+from featrob.config import RunConfig
+from featrob.context import RunContext
+from featrob.data.base import DataSplit, DatasetBundle
+from featrob.metrics import Metric
+from featrob.models.base import FeatrobModel
+from featrob.plugins import PluginHost
+from featrob.progress import Reporter
+from featrob.results import MetricResult
+
+
+def tiny_dataset(n_per_class_test: int = 10) -> DatasetBundle:
+    """scikit-learn's digits (8x8 grey) with a balanced test subset of ``n_per_class_test``."""
+    from featrob.data.sources import load_digits
+
+    bundle = load_digits(None)
+    bundle.test = bundle.test.balanced_subset(n_per_class_test, seed=0)
+    return bundle
+
+
+@lru_cache(maxsize=4)
+def _trained_state(epochs: int) -> tuple[dict[str, torch.Tensor], tuple, tuple]:
+    from featrob.config import TrainConfig
+    from featrob.models.loading import build_model
+    from featrob.training import train
+
+    data = tiny_dataset()
+    host = PluginHost()
+    torch.manual_seed(0)
+    model = build_model(
+        "small-cnn", host.models, data.input_shape, data.num_classes, mean=data.mean, std=data.std
+    )
+    train(
+        model,
+        data,
+        TrainConfig(epochs=epochs, batch_size=64, lr=3e-3),
+        host.training_methods,
+        eps=0.1,
+        norm="linf",
+        device=torch.device("cpu"),
+    )
+    return {k: v.clone() for k, v in model.state_dict().items()}, data.mean, data.std
+
+
+def tiny_model(trained: bool = True, epochs: int = 8) -> FeatrobModel:
+    """A small CNN on 8x8 digits; trained (~95% accuracy, cached per process) or fresh."""
+    from featrob.models.loading import build_model
+
+    data = tiny_dataset()
+    host = PluginHost()
+    torch.manual_seed(0)
+    model = build_model(
+        "small-cnn", host.models, data.input_shape, data.num_classes, mean=data.mean, std=data.std
+    )
+    if trained:
+        state, _, _ = _trained_state(epochs)
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def make_context(
+    model: FeatrobModel | None = None,
+    data: DatasetBundle | None = None,
+    *,
+    host: PluginHost | None = None,
+    store: str | Path | None = "memory",
+    **config: Any,
+) -> RunContext:
+    """A :class:`RunContext` for an in-memory model and data (no training, no files).
+
+    Args:
+        model: default :func:`tiny_model`.
+        data: default :func:`tiny_dataset`.
+        host: plugin host (default: every installed plugin).
+        store: a folder for a real feature store, or ``"memory"`` for none.
+        **config: any :class:`RunConfig` keys (``eps=0.1``, ``attacks=["fgsm"]``, ...).
+    """
+    from featrob.store import FeatureStore
+
+    model = model if model is not None else tiny_model()
+    data = data if data is not None else tiny_dataset()
+    host = host or PluginHost()
+    cfg = RunConfig.from_dict({"quiet": True, "store": "none", **config})
+    split = data.split(cfg.split)
+    if cfg.n_per_class:
+        split = split.balanced_subset(cfg.n_per_class, cfg.seed)
+    feature_store = FeatureStore(store) if store not in (None, "memory") else None
+    device = torch.device("cpu")
+    return RunContext(
+        cfg,
+        model.to(device).eval(),
+        data,
+        split,
+        device,
+        host,
+        feature_store,
+        Reporter(quiet=True),
+        model.fingerprint(),
+    )
+
+
+def check_metric(
+    metric_cls: type[Metric], ctx: RunContext | None = None, **options: Any
+) -> MetricResult:
+    """Run a metric on a tiny context and check the result is well-formed.
+
+    Checks: it has a ``name``; ``compute`` returns a :class:`MetricResult`; the summary is
+    flat and JSON-able; tables are lists of dicts; arrays are NumPy arrays; figures have a
+    kind; the result serialises to JSON.
+
+    Returns:
+        The result, for further assertions.
+    """
+    assert isinstance(getattr(metric_cls, "name", None), str), "a metric needs a `name`"
+    ctx = ctx or make_context()
+    result = metric_cls(**options).compute(ctx)
+    assert isinstance(result, MetricResult), f"compute returned {type(result).__name__}"
+    for key, value in result.summary.items():
+        assert isinstance(key, str), f"summary key {key!r} is not a string"
+        assert value is None or isinstance(value, (bool, int, float, str, np.generic)), (
+            f"summary value {key}={value!r} is not a plain number or string"
+        )
+    for table, rows in result.tables.items():
+        assert isinstance(rows, list) and all(isinstance(r, dict) for r in rows), (
+            f"table {table!r} must be a list of row dicts"
+        )
+    for name, arr in result.arrays.items():
+        assert isinstance(arr, np.ndarray), f"array {name!r} must be a numpy array"
+    for name, fig in result.figures.items():
+        assert fig.kind, f"figure {name!r} needs a kind"
+    json.dumps(result.to_json(), allow_nan=False)
+    return result
+
+
+def check_attack(
+    attack_cls: type[Attack],
+    eps: float = 0.1,
+    norms: tuple[str, ...] | None = None,
+    model: FeatrobModel | None = None,
+    **params: Any,
+) -> None:
+    """Check an attack's contract on a tiny trained model, for each supported norm.
+
+    Checks: outputs have the input's shape, lie in [0, 1] and inside the eps ball; results
+    do not depend on batching when per-sample seeds are given; NaN outputs of the model do
+    not produce NaN adversarial examples; ``spec()`` is JSON-able; a gradient attack does
+    not raise accuracy.
+    """
+    model = model or tiny_model()
+    data = tiny_dataset()
+    x = data.test.float_images()[:40]
+    y = data.test.labels[:40]
+    from featrob.seeding import sample_seeds
+
+    seeds = sample_seeds(0, data.test.indices[:40])
+    for norm in norms or attack_cls.norms:
+        attack = attack_cls(eps=eps, norm=norm, seed=0, **params)
+        json.dumps(attack.spec())
+        x_adv = attack.perturb(model, x, y, sample_seeds=seeds)
+        assert x_adv.shape == x.shape, (
+            f"{attack.name}: shape {tuple(x_adv.shape)} != {tuple(x.shape)}"
+        )
+        assert torch.isfinite(x_adv).all(), f"{attack.name}: non-finite outputs"
+        assert x_adv.min() >= 0 and x_adv.max() <= 1, f"{attack.name}: outputs leave [0, 1]"
+        dist = flat_norm(x_adv - x, norm)
+        assert bool((dist <= eps * (1 + 1e-5) + 1e-6).all()), (
+            f"{attack.name}: perturbation {float(dist.max()):.6f} exceeds eps={eps} ({norm})"
+        )
+        halves = torch.cat(
+            [
+                attack.perturb(model, x[:17], y[:17], sample_seeds=seeds[:17]),
+                attack.perturb(model, x[17:], y[17:], sample_seeds=seeds[17:]),
+            ]
+        )
+        assert torch.allclose(halves, x_adv, atol=1e-5), (
+            f"{attack.name}: result depends on batching"
+        )
+        if attack.uses_gradients:
+            with torch.no_grad():
+                clean_acc = (model(x).argmax(1) == y).float().mean()
+                adv_acc = (model(x_adv).argmax(1) == y).float().mean()
+            assert adv_acc <= clean_acc + 1e-6, (
+                f"{attack.name}: accuracy rose from {clean_acc} to {adv_acc}"
+            )
+
+        def nan_model(inp: torch.Tensor) -> torch.Tensor:
+            out = model(inp)
+            return out * torch.where(torch.arange(len(out))[:, None] % 2 == 0, math.nan, 1.0)
+
+        x_nan = attack.perturb(nan_model, x[:8], y[:8], sample_seeds=seeds[:8])
+        assert torch.isfinite(x_nan).all(), f"{attack.name}: NaN model outputs gave NaN inputs"
+
+
+def temporary_store() -> Path:
+    """A fresh folder for a feature store (removed at interpreter exit by the OS tmp cleaner)."""
+    return Path(tempfile.mkdtemp(prefix="featrob-store-"))
+
+
+__all__ = [
+    "DataSplit",
+    "check_attack",
+    "check_metric",
+    "make_context",
+    "temporary_store",
+    "tiny_dataset",
+    "tiny_model",
+]
