@@ -5,7 +5,6 @@ Built by :func:`create_app` so tests get a fresh app (and plugin host) each time
 never a traceback.
 """
 
-
 import functools
 import json
 import sys

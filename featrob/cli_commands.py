@@ -1,6 +1,5 @@
 """The built-in subcommands: ``run``, ``train`` and ``plugins``."""
 
-
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path

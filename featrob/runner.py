@@ -35,19 +35,31 @@ def select_metrics(config: RunConfig, host: PluginHost) -> tuple[list[Entry[Any]
     line in the results; a plugin named in ``config.plugins`` must load (else the run stops
     here, naming it) and must register at least one metric.
     """
-    registry = host.metrics
-    errors = [f"plugin {p.name!r} failed to load: {p.error}" for p in host.broken()]
     if not config.plugins:
-        return list(registry), errors
+        errors = [f"plugin {p.name!r} failed to load: {p.error}" for p in host.broken()]
+        return list(host.metrics), errors
+    infos = [host.require(name) for name in config.plugins]  # loads file/module plugins
+    registry = host.metrics
     chosen: list[Entry[Any]] = []
-    for name in config.plugins:
-        info = host.require(name)
-        names = host.metrics.by_plugin(info.name)
+    for info in infos:
+        names = registry.by_plugin(info.name)
         if not names:
             raise PluginLoadError(f"plugin {info.name!r} registers no metric; nothing to run")
         chosen += [registry.entry(n) for n in names if registry.entry(n) not in chosen]
     # broken plugins that were not asked for do not fail an explicit selection
     return chosen, []
+
+
+def check_before_work(config: RunConfig, host: PluginHost, metrics: list[Entry[Any]]) -> None:
+    """Fail on unknown attacks, attack parameters and metric options before any training or
+    data loading, so a typo costs a second, not a run."""
+    from featrob.specs import parse_call
+
+    for spec in config.attacks:
+        name, params = parse_call(spec)
+        host.attacks.get(name)(eps=config.eps, norm=config.norm, seed=config.seed, **params)
+    for entry in metrics:
+        entry.obj(**config.metrics.get(entry.name, {}))
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -93,6 +105,7 @@ def run(
     progress = progress or Reporter(quiet=config.quiet)
     metrics, errors = select_metrics(config, host)
     reporters = [host.reporters.get(name) for name in config.reports]
+    check_before_work(config, host, metrics)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 

@@ -30,7 +30,7 @@ import torch
 from featrob.attacks.base import Attack, flat_norm
 from featrob.config import RunConfig
 from featrob.context import RunContext
-from featrob.data.base import DataSplit, DatasetBundle
+from featrob.data.base import DatasetBundle, DataSplit
 from featrob.metrics import Metric
 from featrob.models.base import FeatrobModel
 from featrob.plugins import PluginHost

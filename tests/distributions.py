@@ -18,7 +18,11 @@ def _entry_points(entry_points: dict[str, str]) -> str:
 
 
 def install_fake_distribution(
-    site: Path, name: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "0.1"
+    site: Path,
+    name: str,
+    modules: dict[str, str],
+    entry_points: dict[str, str],
+    version: str = "0.1",
 ) -> Path:
     """Lay out modules and a ``*.dist-info`` in ``site`` as pip would (no pip involved)."""
     site.mkdir(parents=True, exist_ok=True)
@@ -32,7 +36,11 @@ def install_fake_distribution(
 
 
 def build_wheel(
-    out_dir: Path, name: str, modules: dict[str, str], entry_points: dict[str, str], version: str = "0.1"
+    out_dir: Path,
+    name: str,
+    modules: dict[str, str],
+    entry_points: dict[str, str],
+    version: str = "0.1",
 ) -> Path:
     """Write a real (pure-Python) wheel that ``pip install`` accepts offline."""
     dist = name.replace("-", "_")
@@ -40,7 +48,9 @@ def build_wheel(
     files = {f"{m}.py": src.encode() for m, src in modules.items()}
     files[f"{info}/METADATA"] = _metadata(name, version).encode()
     files[f"{info}/entry_points.txt"] = _entry_points(entry_points).encode()
-    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: featrob-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: featrob-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     record_lines = []
     for path, data in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
@@ -76,6 +86,6 @@ def featrob_register_metrics(register):
     register(Echo)
 '''
 
-BROKEN_PLUGIN = '''
+BROKEN_PLUGIN = """
 raise ImportError("this plugin is broken on purpose")
-'''
+"""

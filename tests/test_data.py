@@ -425,3 +425,13 @@ def test_shared_mnist_subset(registry):
     bundle = load_dataset(f"npz:{SHARED_MNIST}", registry, n_per_class=2)
     assert bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
     assert len(bundle.test) == 20 and bundle.train is not None
+
+
+def test_balanced_subsets_are_nested():
+    """A larger n_per_class keeps every sample of a smaller one (the store reuses them)."""
+    from featrob.data.sources import load_digits
+
+    test = load_digits(None).test
+    small = set(test.balanced_subset(5, seed=3).indices.tolist())
+    large = set(test.balanced_subset(12, seed=3).indices.tolist())
+    assert small < large and len(large) == 120

@@ -69,7 +69,7 @@ def test_in_memory_plugin_registers(bare_host: PluginHost):
 def test_duplicate_metric_names_from_two_plugins(bare_host: PluginHost):
     bare_host.add(ConstantPlugin(), "first")
     bare_host.add(ConstantPlugin(), "second")
-    with pytest.raises(DuplicateNameError, match="'first'.*'second'"):
+    with pytest.raises(DuplicateNameError, match=r"'first'.*'second'"):
         bare_host.metrics  # noqa: B018
 
 
@@ -94,7 +94,9 @@ def test_hook_that_raises_marks_only_that_plugin_broken(bare_host: PluginHost):
 def test_builtins_load_through_entry_points(host: PluginHost):
     host.build_all()
     builtin = {n: p for n, p in host.plugins.items() if p.source == "built-in"}
-    assert {"models", "attacks", "datasets", "heads", "accuracy", "reporters", "training"} <= set(builtin)
+    assert {"models", "attacks", "datasets", "heads", "accuracy", "reporters", "training"} <= set(
+        builtin
+    )
     assert all(p.distribution == "featrob" and p.ok for p in builtin.values())
     assert {"pgd", "fgsm", "gabor"} <= set(host.attacks.names())
     assert host.plugins["attacks"].registers["attacks"] == ["fgsm", "gabor", "pgd"]
@@ -124,7 +126,7 @@ def test_broken_entry_point_is_isolated(tmp_path: Path, monkeypatch: pytest.Monk
     assert not broken.ok and "broken on purpose" in broken.error
     assert "Traceback" in broken.traceback
     assert "echo" in host.metrics and "pgd" in host.attacks
-    with pytest.raises(PluginLoadError, match="'broken'.*broken on purpose"):
+    with pytest.raises(PluginLoadError, match=r"'broken'.*broken on purpose"):
         host.require("broken")
 
 
@@ -135,10 +137,22 @@ def _featrob(*args: str, env_extra: dict[str, str], cwd: Path) -> subprocess.Com
 
 
 def test_real_wheel_installed_with_pip_is_discovered(tmp_path: Path):
-    wheel = build_wheel(tmp_path / "dist", "featrob-echo", {"featrob_echo": ECHO_PLUGIN}, {"echo": "featrob_echo"})
+    wheel = build_wheel(
+        tmp_path / "dist", "featrob-echo", {"featrob_echo": ECHO_PLUGIN}, {"echo": "featrob_echo"}
+    )
     target = tmp_path / "site"
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -153,9 +167,20 @@ def test_real_wheel_installed_with_pip_is_discovered(tmp_path: Path):
     assert plugins["echo"]["version"] == "0.1"
     assert plugins["echo"]["registers"] == {"metrics": ["echo"]}
     ran = _featrob(
-        "run", "--plugin", "echo", "--n-per-class", "2", "--store", "none", "--quiet",
-        "--set", "metrics.echo.message=hi", "--out", str(tmp_path / "out"),
-        env_extra=env, cwd=tmp_path,
+        "run",
+        "--plugin",
+        "echo",
+        "--n-per-class",
+        "2",
+        "--store",
+        "none",
+        "--quiet",
+        "--set",
+        "metrics.echo.message=hi",
+        "--out",
+        str(tmp_path / "out"),
+        env_extra=env,
+        cwd=tmp_path,
     )
     assert ran.returncode == 0, ran.stderr
     results = json.loads((tmp_path / "out" / "results.json").read_text())

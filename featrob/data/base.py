@@ -88,7 +88,8 @@ class DataSplit:
     def balanced_subset(self, n_per_class: int, seed: int = 0) -> DataSplit:
         """``n_per_class`` samples of every class, drawn with a fixed seed, in source order.
 
-        Classes with fewer samples are kept whole (with a warning).
+        Subsets with the same seed are nested: ``n_per_class=15`` contains every sample of
+        ``n_per_class=10``. Classes with fewer samples are kept whole (with a warning).
         """
         if n_per_class <= 0:
             raise ConfigError(f"n_per_class must be positive, got {n_per_class}")
@@ -102,7 +103,9 @@ class DataSplit:
                 short.append(int(cls))
                 keep.append(members)
             else:
-                keep.append(rng.choice(members, size=n_per_class, replace=False))
+                # A full per-class permutation, then its head: subsets for growing
+                # n_per_class are nested, so a larger run reuses the stored samples.
+                keep.append(members[rng.permutation(len(members))[:n_per_class]])
         if short:
             warnings.warn(
                 f"classes {short} have fewer than {n_per_class} samples; all of them are used",

@@ -101,9 +101,7 @@ class FeatrobModel(nn.Module):
 
     # ------------------------------------------------------------------ layers
     def _default_layers(self) -> list[str]:
-        names = [
-            n for n, m in self.backbone.named_children() if not isinstance(m, _TRIVIAL)
-        ]
+        names = [n for n, m in self.backbone.named_children() if not isinstance(m, _TRIVIAL)]
         if self.feature_layer is None:
             names.append("features")
         return [*names, "logits"]

@@ -1,0 +1,68 @@
+"""The repository itself: CI runs the README's commands, examples run, the code is ruff-clean."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import featrob
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL_AND_RUN = "pip install . && featrob run"
+TEST = 'pip install ".[test]" && pytest'
+
+
+def test_readme_names_the_commands_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert INSTALL_AND_RUN in readme and TEST in readme
+    assert TEST in ci
+
+
+@pytest.mark.skipif(
+    shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists(),
+    reason="ruff is not installed (it comes with the [test] extra)",
+)
+def test_ruff_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    proc = subprocess.run(
+        [ruff, "check", "featrob", "tests", "examples"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_examples_run(tmp_path: Path):
+    """examples/run.toml with examples/margin_plugin.py, as the README shows."""
+    results = featrob.run(
+        featrob.RunConfig.load(
+            ROOT / "examples" / "run.toml",
+            {
+                "out": str(tmp_path / "out"),
+                "store": "none",
+                "quiet": True,
+                "n_per_class": 5,
+                "plugins": [str(ROOT / "examples" / "margin_plugin.py"), "accuracy"],
+            },
+            ["metrics.logit_margin.threshold=2", "train.epochs=5"],
+        )
+    )
+    assert not results.failed, results.errors
+    summary = results.metrics["logit_margin"].summary
+    assert summary["threshold"] == 2 and 0 <= summary["share_below_threshold"] <= 1
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(data["metrics"]) == {"logit_margin", "clean_accuracy", "robust_accuracy"}
+
+
+def test_example_plugin_passes_featrob_testing_checks():
+    from featrob.plugins import PluginHost
+    from featrob.testing import check_metric
+
+    host = PluginHost(load_entry_points=False)
+    host.add_path(str(ROOT / "examples" / "margin_plugin.py"))
+    result = check_metric(host.metrics.get("logit_margin"))
+    assert result.figures["margins"].kind == "hist"

@@ -1,0 +1,108 @@
+"""``featrob.run`` through the Python API: lifecycle hooks, the run context, broken plugins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import featrob
+from featrob.errors import PluginLoadError
+from featrob.metrics import Metric
+from featrob.plugins import PluginHost
+from featrob.results import MetricResult, Results
+
+FAST = {"n_per_class": 4, "quiet": True, "attacks": ["pgd(steps=3)"]}
+
+
+class LayerProbe(Metric):
+    """Reads several layers clean and under the run's attack (what paper plugins do)."""
+
+    name = "layer_probe"
+
+    def compute(self, ctx):
+        clean = ctx.features_many(["conv1", "features", "logits"])
+        adv = ctx.features("features", ctx.config.attacks[0])
+        x_adv = ctx.inputs(ctx.config.attacks[0])
+        delta = (x_adv - ctx.inputs()).flatten(1).abs().amax(1)
+        cos = torch.nn.functional.cosine_similarity(clean["features"].values, adv.values)
+        return MetricResult(
+            summary={
+                "conv1_dims": clean["conv1"].values.dim(),
+                "max_linf": float(delta.max()),
+                "mean_cos": float(cos.mean()),
+                "same_logits": bool(torch.equal(clean["logits"].values, clean["features"].logits)),
+            }
+        )
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    @featrob.hookimpl
+    def featrob_register_metrics(self, register):
+        register(LayerProbe)
+
+    @featrob.hookimpl
+    def featrob_run_start(self, context):
+        self.events.append(("start", len(context.labels)))
+
+    @featrob.hookimpl
+    def featrob_metric_result(self, name, result):
+        self.events.append(("metric", name, result.error is None))
+
+    @featrob.hookimpl
+    def featrob_run_end(self, results):
+        self.events.append(("end", sorted(results.metrics)))
+
+
+def test_python_api_run_with_lifecycle_hooks(tmp_path: Path):
+    host = PluginHost()
+    recorder = Recorder()
+    host.add(recorder, "recorder")
+    results = featrob.run(
+        {**FAST, "plugins": ["recorder"], "out": str(tmp_path / "o"), "store": str(tmp_path / "s")},
+        host=host,
+    )
+    assert isinstance(results, Results) and not results.failed
+    summary = results.metrics["layer_probe"].summary
+    assert summary["conv1_dims"] == 4 and summary["same_logits"]
+    assert summary["max_linf"] <= 0.1 + 1e-6
+    assert -1 <= summary["mean_cos"] < 1
+    assert recorder.events == [
+        ("start", 40),
+        ("metric", "layer_probe", True),
+        ("end", ["layer_probe"]),
+    ]
+    loaded = Results.load(tmp_path / "o")
+    assert loaded.metrics["layer_probe"].summary == summary
+
+
+def test_default_run_records_broken_plugins_but_runs_the_rest(tmp_path: Path):
+    host = PluginHost()
+    host.add_path(str(_broken_file(tmp_path)))
+    results = featrob.run({**FAST, "out": str(tmp_path / "o"), "store": "none"}, host=host)
+    assert results.failed
+    assert any("broken_plugin" in e and "on purpose" in e for e in results.errors)
+    assert results.metrics["clean_accuracy"].error is None
+    with pytest.raises(PluginLoadError, match="broken_plugin"):
+        featrob.run({**FAST, "plugins": ["broken_plugin"], "out": str(tmp_path / "o2")}, host=host)
+
+
+def _broken_file(tmp_path: Path) -> Path:
+    path = tmp_path / "broken_plugin.py"
+    path.write_text("raise RuntimeError('broken on purpose')\n")
+    return path
+
+
+def test_metrics_share_the_store_between_runs(tmp_path: Path):
+    cfg = {**FAST, "plugins": ["accuracy"], "store": str(tmp_path / "s")}
+    first = featrob.run({**cfg, "out": str(tmp_path / "a")})
+    entries = len(list((tmp_path / "s" / "entries").glob("*/*")))
+    second = featrob.run({**cfg, "out": str(tmp_path / "b")})
+    assert len(list((tmp_path / "s" / "entries").glob("*/*"))) == entries  # nothing new
+    assert first.metrics["robust_accuracy"].summary == second.metrics["robust_accuracy"].summary
+    # the attack's adversarial inputs, and clean/adversarial logits are separate entries
+    assert entries == 3
