@@ -188,8 +188,9 @@ class Extractor:
                 else:
                     x = self._batch_inputs(attack, pos, batch_idx)
                     outputs = self._forward(x, layers)
+                labels = self.split.labels[torch.from_numpy(pos)].numpy()
                 for layer, values in outputs.items():
-                    self._write(layer, attack, batch_idx, values)
+                    self._write(layer, attack, batch_idx, values, labels)
                 bar.advance(len(batch_idx))
 
     def _batch_inputs(
@@ -221,10 +222,15 @@ class Extractor:
         return idx if have is None else idx[~np.isin(idx, have)]
 
     def _write(
-        self, layer: str, attack: Attack | None, idx: np.ndarray, values: np.ndarray
+        self,
+        layer: str,
+        attack: Attack | None,
+        idx: np.ndarray,
+        values: np.ndarray,
+        labels: np.ndarray,
     ) -> None:
         if self.store is not None:
-            self.store.entry(self._key(layer, attack)).write(idx, values=values)
+            self.store.entry(self._key(layer, attack)).write(idx, values=values, labels=labels)
             return
         mem = self._memory.setdefault(self._tag(layer, attack), {})
         if "indices" in mem:

@@ -138,8 +138,7 @@ def fit(
         test = test.balanced_subset(CARD_EVAL_PER_CLASS, seed)
     pgd = PGD(eps=card_eps, norm=card_norm, steps=20, seed=seed)
     clean = accuracy(model, test, device=device)
-    progress.log(f"evaluating PGD-20 ({card_norm}, eps={card_eps:g}) on {len(test)} test images")
-    robust = accuracy(model, test, device=device, attack=pgd, seed=seed)
+    robust = accuracy(model, test, device=device, attack=pgd, seed=seed, progress=progress)
     card = model_card(
         model,
         data,

@@ -206,11 +206,15 @@ def accuracy(
     batch_size: int = 256,
     attack: Any = None,
     seed: int = 0,
+    progress: Reporter | None = None,
 ) -> float:
     """Accuracy on ``split``, clean or under ``attack`` (per-sample seeds from ``seed``)."""
     model.eval()
     correct = 0
-    for start in range(0, len(split), batch_size):
+    progress = progress or Reporter(quiet=True)
+    what = f"evaluate {attack.label()}" if attack is not None else "evaluate"
+    starts = range(0, len(split), batch_size)
+    for start in progress.track(starts, len(starts), what):
         pos = torch.arange(start, min(start + batch_size, len(split)))
         x = split.float_images(pos).to(device)
         y = split.labels[pos].to(device)

@@ -205,3 +205,15 @@ def test_failed_attack_batch_keeps_finished_batches(tmp_path: Path):
     torch.testing.assert_close(
         result["logits"].values, reference["logits"].values, atol=1e-5, rtol=1e-5
     )
+
+
+def test_entries_hold_values_labels_and_indices(tmp_path: Path):
+    data = tiny_dataset()
+    store = FeatureStore(tmp_path)
+    _extractor(tiny_model(), data.test, store).features(["features"])
+    keys = store.keys()
+    assert {k["layer"] for k in keys} == {"fc1", "logits"}  # "features" aliases fc1
+    entry = store.entry(next(k for k in keys if k["layer"] == "logits"))
+    rows = entry.read(data.test.indices.numpy())
+    np.testing.assert_array_equal(rows["labels"], data.test.labels.numpy())
+    assert rows["values"].shape == (len(data.test), 10)

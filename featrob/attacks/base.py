@@ -9,7 +9,6 @@ per-sample target data ``loss`` needs (labels, feature indices, ...), sliced wit
 
 from __future__ import annotations
 
-import difflib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from featrob.errors import ConfigError, check_finite_nonnegative
+from featrob.options import merge_options
 
 #: ``x -> outputs`` (logits, features, ...); must be differentiable for gradient attacks.
 Forward = Callable[[Tensor], Tensor]
@@ -91,18 +91,7 @@ class Attack(ABC):
         if self.norm == "linf" and self.eps > 1:
             raise ConfigError(f"Linf eps must be in [0, 1] for [0, 1] images, got {self.eps}")
         self.seed = int(seed)
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            hints = [
-                f"{u!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                for u in unknown
-                for close in [difflib.get_close_matches(u, list(self.defaults), n=1)]
-            ]
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(
-                f"attack {self.name!r} has no parameter {', '.join(hints)}; parameters: {known}"
-            )
-        self.params: dict[str, Any] = {**self.defaults, **params}
+        self.params: dict[str, Any] = merge_options("attack", self.name, self.defaults, params)
 
     def spec(self) -> dict[str, Any]:
         """Everything that determines the result: the attack's identity in the store."""
@@ -162,6 +151,31 @@ class Attack(ABC):
         if len(sample_seeds) != len(x):
             raise ConfigError(f"{len(sample_seeds)} sample seeds for a batch of {len(x)}")
         return sample_seeds
+
+    def loss_and_grad(
+        self, forward: Forward, x: Tensor, y: Tensor, loss_fn: LossFn
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Outputs, per-sample loss and d(loss)/dx at ``x`` (all detached).
+
+        Works inside ``torch.no_grad()`` and never touches parameter ``.grad``. Inputs the
+        loss does not use get a zero gradient.
+
+        Raises:
+            ConfigError: the loss does not depend differentiably on the input.
+        """
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            out = forward(x_in)
+            value = loss_fn(out, y)
+            if not value.requires_grad:
+                raise ConfigError(
+                    f"{self.name}: the loss does not depend differentiably on the input; "
+                    "gradient attacks need a differentiable forward"
+                )
+            (grad,) = torch.autograd.grad(value.sum(), x_in, allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(x_in)
+        return out.detach(), value.detach(), grad
 
     @staticmethod
     def _defaults_for(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from featrob.attacks.base import (
@@ -19,8 +18,7 @@ from featrob.attacks.base import (
     random_in_ball,
     steepest_direction,
 )
-from featrob.attacks.pgd import bool_param, float_param
-from featrob.errors import ConfigError
+from featrob.options import bool_param, float_param
 
 
 class FGSM(Attack):
@@ -77,16 +75,6 @@ class FGSM(Attack):
             seeds = self._seeds(x, sample_seeds)
             delta = random_in_ball(seeds, tuple(x.shape[1:]), self.eps, self.norm, stream=0)
             x_start = (x + project(delta.to(x.device, x.dtype), self.eps, self.norm)).clamp(0, 1)
-        with torch.enable_grad():
-            x_in = x_start.clone().requires_grad_(True)
-            value = loss_fn(forward(x_in), y)
-            if not value.requires_grad:
-                raise ConfigError(
-                    f"{self.name}: the loss does not depend differentiably on the input; "
-                    "gradient attacks need a differentiable forward"
-                )
-            (grad,) = torch.autograd.grad(value.sum(), x_in, allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(x)
+        _, _, grad = self.loss_and_grad(forward, x_start, y, loss_fn)
         stepped = x_start + self.step_size() * steepest_direction(grad, self.norm)
         return (x + project(stepped - x, self.eps, self.norm)).clamp(0, 1)

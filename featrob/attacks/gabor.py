@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from featrob.attacks.base import Attack, Forward, LossFn, SuccessFn
-from featrob.attacks.pgd import float_param, int_param
 from featrob.errors import ConfigError
+from featrob.options import float_param, int_param
 
 
 def gabor_kernel(

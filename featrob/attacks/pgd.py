@@ -5,7 +5,6 @@ PGD maximises a per-sample objective (cross-entropy by default) by repeated stee
 steps, each followed by a projection onto the eps ball and the [0, 1] box. Random restarts
 run in one batched pass (the batch replicated R times along dim 0) unless memory forbids it.
 
-This module also holds the small option validators shared by the built-in attacks.
 """
 
 from __future__ import annotations
@@ -27,34 +26,9 @@ from featrob.attacks.base import (
     steepest_direction,
 )
 from featrob.errors import ConfigError
+from featrob.options import bool_param, float_param, int_param
 
 SCHEDULES = ("constant", "cosine", "step")
-
-
-# ------------------------------------------------------------------- option validators
-def int_param(attack: str, key: str, value: Any, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (integral floats accepted), else :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise ConfigError(f"{attack}: {key} must be an integer, got {value!r}")
-    if int(value) < minimum:
-        raise ConfigError(f"{attack}: {key} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def float_param(attack: str, key: str, value: Any, *, positive: bool = False) -> float:
-    """``value`` as a finite float >= 0 (> 0 if ``positive``), else :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{attack}: {key} must be a finite number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ConfigError(f"{attack}: {key} must be {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
-
-
-def bool_param(attack: str, key: str, value: Any) -> bool:
-    """``value`` if it is a bool, else :class:`ConfigError` (``"false"`` is not False)."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{attack}: {key} must be true or false, got {value!r}")
-    return value
 
 
 def _expand(t: Tensor, like: Tensor) -> Tensor:
@@ -253,23 +227,11 @@ class PGD(Attack):
             best_loss = torch.where(better, score, best_loss)
             best_ok = torch.where(better, ok, best_ok)
 
-        with torch.enable_grad():
-            for size in self.step_sizes():
-                x_cur = x_cur.detach().requires_grad_(True)
-                out = forward(x_cur)
-                value = loss_fn(out, y)
-                if not value.requires_grad:
-                    raise ConfigError(
-                        f"{self.name}: the loss does not depend differentiably on the input; "
-                        "gradient attacks need a differentiable forward"
-                    )
-                (grad,) = torch.autograd.grad(value.sum(), x_cur, allow_unused=True)
-                if grad is None:
-                    grad = torch.zeros_like(x_cur)
-                x_cur = x_cur.detach()
-                update(x_cur, out, value)
-                stepped = x_cur + size * steepest_direction(grad, norm)
-                x_cur = (x + project(stepped - x, eps, norm)).clamp(0, 1)
+        for size in self.step_sizes():
+            out, value, grad = self.loss_and_grad(forward, x_cur, y, loss_fn)
+            update(x_cur, out, value)
+            stepped = x_cur + size * steepest_direction(grad, norm)
+            x_cur = (x + project(stepped - x, eps, norm)).clamp(0, 1)
 
         with torch.no_grad():  # the final iterate needs its loss too
             out = forward(x_cur)
