@@ -64,14 +64,19 @@ def check_before_work(config: RunConfig, host: PluginHost, metrics: list[Entry[A
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and hardware of this run (saved so it can be repeated)."""
-    import numpy as np
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
+    import numpy as np
+
+    try:
+        torchvision_version = version("torchvision")  # importing torchvision costs seconds
+    except PackageNotFoundError:
+        torchvision_version = None
     env = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": torchvision_version,
         "numpy": np.__version__,
         "device": str(device),
         "threads": torch.get_num_threads(),
