@@ -143,27 +143,44 @@ class Extractor:
         return key_digest(self._key(layer, attack))
 
     def _ensure(self, layers: Sequence[str], attack: Attack | None) -> dict[str, Tensor]:
-        """Compute what is missing for ``layers`` and return full-split tensors."""
+        """Compute what is missing for ``layers`` and return full-split tensors.
+
+        Layer ``input`` is special: clean inputs are the images themselves (never stored);
+        adversarial inputs are their own store entry, computed before any layer under the
+        same attack so that every layer reads the same perturbed inputs.
+        """
         result: dict[str, Tensor] = {}
-        todo = []
-        for layer in layers:
-            tag = self._tag(layer, attack)
-            if tag in self._cache:
-                result[layer] = self._cache[tag]
+        if "input" in layers:
+            if attack is None:
+                result["input"] = self.split.float_images()
             else:
-                todo.append(layer)
-        if not todo:
-            return result
-        if attack is not None and todo != ["input"]:
-            self._ensure(["input"], attack)  # adversarial inputs first (stored on their own)
+                result.update(self._load_or_compute(["input"], attack))
+        elif attack is not None:
+            self._fill(["input"], attack)  # layers below read these batch by batch
+        layers_to_run = [layer for layer in layers if layer != "input"]
+        if layers_to_run:
+            result.update(self._load_or_compute(layers_to_run, attack))
+        return {layer: result[layer] for layer in layers}
+
+    def _fill(self, layers: list[str], attack: Attack | None) -> None:
+        """Compute and store the rows that ``layers`` miss (nothing when all are stored)."""
         idx = self.split.indices.numpy()
-        missing = np.unique(np.concatenate([self._missing(layer, attack, idx) for layer in todo]))
+        missing = np.unique(np.concatenate([self._missing(layer, attack, idx) for layer in layers]))
         if len(missing):
-            self._compute(todo, attack, missing)
-        for layer in todo:
-            values = torch.from_numpy(self._read(layer, attack, idx))
-            self._cache[self._tag(layer, attack)] = values
-            result[layer] = values
+            self._compute(layers, attack, missing)
+
+    def _load_or_compute(self, layers: list[str], attack: Attack | None) -> dict[str, Tensor]:
+        """Full-split tensors for ``layers`` (memory cache, else store, else computed)."""
+        tags = {layer: self._tag(layer, attack) for layer in layers}
+        result = {layer: self._cache[tag] for layer, tag in tags.items() if tag in self._cache}
+        todo = [layer for layer in layers if layer not in result]
+        if todo:
+            self._fill(todo, attack)
+            idx = self.split.indices.numpy()
+            for layer in todo:
+                values = torch.from_numpy(self._read(layer, attack, idx))
+                self._cache[tags[layer]] = values
+                result[layer] = values
         return result
 
     def _positions(self, indices: np.ndarray) -> np.ndarray:

@@ -94,7 +94,7 @@ class FeatureStore:
             self._entries[digest] = StoreEntry(self.root / "entries" / digest[:2] / digest, key)
         return self._entries[digest]
 
-    def keys(self) -> list[dict[str, Any]]:
+    def entry_keys(self) -> list[dict[str, Any]]:
         """Key dicts of every entry in the store."""
         found = []
         for key_file in sorted((self.root / "entries").glob("*/*/key.json")):

@@ -44,7 +44,7 @@ def test_new_store_object_sees_existing_entries(tmp_path: Path):
     FeatureStore(tmp_path).entry(KEY).write(np.arange(4), values=np.ones((4, 3), dtype=np.float32))
     again = FeatureStore(tmp_path).entry(KEY)
     assert again.read(np.arange(4))["values"].dtype == np.float32
-    assert FeatureStore(tmp_path).keys() == [KEY]
+    assert FeatureStore(tmp_path).entry_keys() == [KEY]
 
 
 def test_other_schema_is_detected(tmp_path: Path):
@@ -211,9 +211,30 @@ def test_entries_hold_values_labels_and_indices(tmp_path: Path):
     data = tiny_dataset()
     store = FeatureStore(tmp_path)
     _extractor(tiny_model(), data.test, store).features(["features"])
-    keys = store.keys()
+    keys = store.entry_keys()
     assert {k["layer"] for k in keys} == {"fc1", "logits"}  # "features" aliases fc1
     entry = store.entry(next(k for k in keys if k["layer"] == "logits"))
     rows = entry.read(data.test.indices.numpy())
     np.testing.assert_array_equal(rows["labels"], data.test.labels.numpy())
     assert rows["values"].shape == (len(data.test), 10)
+
+
+def test_inputs_are_stored_once_and_clean_inputs_not_at_all(tmp_path: Path):
+    from featrob.attacks import PGD
+
+    data = tiny_dataset()
+    store = FeatureStore(tmp_path)
+    ex = _extractor(tiny_model(), data.test, store, batch_size=50)
+    clean = ex.features(["input", "logits"])
+    torch.testing.assert_close(clean["input"].values, data.test.float_images())
+    adv = ex.features(["input", "logits"], PGD(eps=0.1, steps=2))
+    assert (adv["input"].values - clean["input"].values).abs().max() <= 0.1 + 1e-6
+    chunks = {
+        k["layer"]: len(list(store.entry(k).path.glob("chunk-*.h5")))
+        for k in store.entry_keys()
+        if k["perturbation"] is not None
+    }
+    assert chunks == {"input": 2, "logits": 2}  # 100 samples in batches of 50, no duplicates
+    assert not [
+        k for k in store.entry_keys() if k["layer"] == "input" and k["perturbation"] is None
+    ]

@@ -19,7 +19,7 @@ def per_class_rows(ctx: RunContext, columns: dict[str, Tensor]) -> list[dict[str
         n = int(mask.sum())
         row: dict[str, Any] = {"class": name, "n": n}
         for col, values in columns.items():
-            row[col] = float(values[mask].float().mean()) if n else None
+            row[col] = float(values[mask].double().mean()) if n else None
         rows.append(row)
     return rows
 
@@ -35,7 +35,7 @@ class CleanAccuracy(Metric):
         clean = ctx.features("logits")
         correct = clean.correct
         return MetricResult(
-            summary={"accuracy": float(correct.float().mean()), "n": len(correct)},
+            summary={"accuracy": float(correct.double().mean()), "n": len(correct)},
             tables={"per_class": per_class_rows(ctx, {"accuracy": correct})},
             arrays={"correct": correct.numpy(), "indices": ctx.indices.numpy()},
         )
@@ -60,13 +60,13 @@ class RobustAccuracy(Metric):
         for attack in ctx.run_attacks():
             correct = ctx.features("logits", attack).correct
             label = attack.label()
-            summary[f"{attack.name}.accuracy"] = float(correct.float().mean())
+            summary[f"{attack.name}.accuracy"] = float(correct.double().mean())
             attack_rows.append(
-                {"attack": label, **attack.spec(), "accuracy": float(correct.float().mean())}
+                {"attack": label, **attack.spec(), "accuracy": float(correct.double().mean())}
             )
             columns[attack.name] = correct
             robust &= correct
-        summary["accuracy"] = float(robust.float().mean())
+        summary["accuracy"] = float(robust.double().mean())
         summary["n"] = len(robust)
         columns["worst_case"] = robust
         figure = Figure(
