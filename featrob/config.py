@@ -72,7 +72,8 @@ class RunConfig:
             download it, loader options.
         split: the split that metrics analyse (``test`` or ``train``).
         n_per_class: balanced per-class subsample of that split.
-        attacks: attack specs (``pgd``, ``pgd(steps=20)``); metrics that attack use them.
+        attacks: attack specs (``apgd-ce``, ``pgd(steps=20)``) or presets (``standard``:
+            APGD-CE, APGD-T, FAB-T, Square as AutoAttack runs them); metrics that attack use them.
         eps, norm: the threat model.
         plugins: metric plugins to run (empty: every installed one).
         metrics: per-metric options, ``{metric name: {option: value}}``.
@@ -98,7 +99,7 @@ class RunConfig:
     data_options: dict[str, Any] = field(default_factory=dict)
     split: str = "test"
     n_per_class: int | None = None
-    attacks: list[str] = field(default_factory=lambda: ["pgd"])
+    attacks: list[str] = field(default_factory=lambda: ["standard"])
     eps: float = 0.1
     norm: str = "linf"
     plugins: list[str] = field(default_factory=list)

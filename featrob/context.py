@@ -11,11 +11,12 @@ import torch
 from torch import Tensor
 
 from featrob.attacks.base import Attack
-from featrob.extract import Extractor, FeatureSet, autocast_context
+from featrob.extract import AutocastForward, Extractor, FeatureSet, autocast_context
 from featrob.seeding import derive_seed, sample_seeds
 from featrob.specs import parse_call
 
 if TYPE_CHECKING:
+    from featrob.attacks.protocol import Evaluation, Plan
     from featrob.config import RunConfig
     from featrob.data.base import DatasetBundle, DataSplit
     from featrob.models.base import FeatrobModel
@@ -142,8 +143,45 @@ class RunContext:
         )
 
     def run_attacks(self) -> list[Attack]:
-        """The run's configured attacks (``--attack``), instantiated."""
-        return [self.make_attack(spec) for spec in self.config.attacks]
+        """The run's configured attacks (``--attack``; presets expanded), instantiated."""
+        from featrob.attacks.protocol import expand_presets
+
+        return [self.make_attack(spec) for spec in expand_presets(self.config.attacks)]
+
+    def evaluate(
+        self,
+        attacks: Sequence[Attack | str | Plan] | None = None,
+        *,
+        eps: float | None = None,
+        norm: str | None = None,
+    ) -> Evaluation:
+        """Robust accuracy of the analysed samples under ``attacks`` (default: the run's),
+        AutoAttack style: attacks in order on the still-robust samples, per-sample worst case,
+        masking checks; per-attack records go to the store, so a second run or a resumed one
+        reuses them.
+        """
+        from featrob.attacks.protocol import evaluate
+
+        model = (
+            self.model
+            if self.config.amp is None
+            else AutocastForward(self.model, self.device, self.config.amp)
+        )
+        return evaluate(
+            model,
+            self.inputs(),
+            self.labels,
+            attacks if attacks is not None else self.config.attacks,
+            eps=self.config.eps if eps is None else eps,
+            norm=norm or self.config.norm,
+            seed=self.config.seed,
+            indices=self.indices,
+            registry=self.attacks,
+            batch_size=self.config.batch_size,
+            store=self.store,
+            store_key={"model": self.model_fingerprint, **self.data_key, "amp": self.config.amp},
+            progress=self.progress,
+        )
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed-precision context for forward passes (``--amp``), or a no-op."""

@@ -65,6 +65,19 @@ def autocast_context(device: torch.device, amp: str | None) -> contextlib.Abstra
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class AutocastForward(torch.nn.Module):
+    """``model`` run under mixed precision, returning float32 outputs."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, amp: str) -> None:
+        super().__init__()
+        self.model, self.device_type, self.amp = model, device, amp
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Forward under ``torch.autocast``."""
+        with autocast_context(self.device_type, self.amp):
+            return self.model(x).float()
+
+
 class Extractor:
     """Computes and caches layer outputs of one model on one data split.
 

@@ -53,9 +53,10 @@ def select_metrics(config: RunConfig, host: PluginHost) -> tuple[list[Entry[Any]
 def check_before_work(config: RunConfig, host: PluginHost, metrics: list[Entry[Any]]) -> None:
     """Fail on unknown attacks, attack parameters and metric options before any training or
     data loading, so a typo costs a second, not a run."""
+    from featrob.attacks.protocol import expand_presets
     from featrob.specs import parse_call
 
-    for spec in config.attacks:
+    for spec in expand_presets(config.attacks):
         name, params = parse_call(spec)
         host.attacks.get(name)(eps=config.eps, norm=config.norm, seed=config.seed, **params)
     for entry in metrics:

@@ -3,28 +3,42 @@
 A sample's random start must not change with the batch it falls in (robust accuracy would
 then depend on the batch size) nor with the device. Each sample gets a 64-bit seed from
 ``(run seed, sample index)``; random numbers are a counter-based hash (SplitMix64) of
-``(sample seed, stream, element index)``, computed vectorised in NumPy.
+``(sample seed, stream, element index)``.
+
+The hash runs in torch int64 arithmetic on the tensor's own device (no host round trip
+inside attack loops): multiplication wraps modulo 2^64 and right shifts are made logical
+with a mask, so CPU and GPU give bit-identical numbers.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import torch
 from torch import Tensor
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+
+def _signed(value: int) -> int:
+    """A 64-bit unsigned constant as the int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        z = z + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_M1 = _signed(0xBF58476D1CE4E5B9)
+_M2 = _signed(0x94D049BB133111EB)
+_STREAM_SALT = 0x5DEECE66D
+
+
+def _shr(z: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int64 bit patterns."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _splitmix64(z: Tensor) -> Tensor:
+    z = z + _GOLDEN
+    z = (z ^ _shr(z, 30)) * _M1
+    z = (z ^ _shr(z, 27)) * _M2
+    return z ^ _shr(z, 31)
 
 
 def derive_seed(seed: int, *names: object) -> int:
@@ -33,38 +47,60 @@ def derive_seed(seed: int, *names: object) -> int:
     return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
 
 
-def sample_seeds(seed: int, indices: Tensor | np.ndarray) -> Tensor:
-    """One int64 seed per sample, from the run seed and the samples' source indices."""
-    idx = np.asarray(torch.as_tensor(indices).cpu(), dtype=np.int64).astype(np.uint64)
-    base = np.uint64(derive_seed(seed, "sample"))
-    with np.errstate(over="ignore"):
-        mixed = _splitmix64(_splitmix64(idx ^ base))
-    return torch.from_numpy((mixed >> np.uint64(1)).astype(np.int64))
+def sample_seeds(seed: int, indices: Tensor | object) -> Tensor:
+    """One non-negative int64 seed per sample, from the run seed and the samples' indices."""
+    idx = torch.as_tensor(indices, dtype=torch.int64)
+    base = _signed(derive_seed(seed, "sample"))
+    return _shr(_splitmix64(_splitmix64(idx ^ base)), 1)
+
+
+def random_bits(seeds: Tensor, shape: tuple[int, ...], stream: int = 0) -> Tensor:
+    """int64 hash values ``[len(seeds), *shape]``; row i depends only on ``seeds[i]``."""
+    s = torch.as_tensor(seeds, dtype=torch.int64)
+    n = 1
+    for dim in shape:
+        n *= int(dim)
+    stream_key = _splitmix64(
+        torch.tensor(stream + _STREAM_SALT, dtype=torch.int64, device=s.device)
+    )
+    key = _splitmix64(s ^ stream_key)
+    counters = torch.arange(n, dtype=torch.int64, device=s.device) * _GOLDEN
+    return _splitmix64(key[:, None] ^ counters[None, :]).reshape(len(s), *shape)
 
 
 def uniform(seeds: Tensor, shape: tuple[int, ...], stream: int = 0) -> Tensor:
-    """Uniform [0, 1) floats of shape ``[len(seeds), *shape]``; row i depends only on seeds[i].
+    """Uniform [0, 1) float32 of shape ``[len(seeds), *shape]`` on the seeds' device.
 
     Args:
         seeds: int64 per-sample seeds (from :func:`sample_seeds`).
         shape: shape of one sample's draw.
-        stream: independent streams for the same sample (restarts, steps).
+        stream: independent streams for the same sample (restarts, iterations).
     """
-    s = np.asarray(seeds.cpu(), dtype=np.int64).astype(np.uint64)
-    n = int(np.prod(shape)) if shape else 1
-    with np.errstate(over="ignore"):
-        key = _splitmix64(s ^ _splitmix64(np.uint64(stream) + np.uint64(0x5DEECE66D)))
-        counters = np.arange(n, dtype=np.uint64) * _GOLDEN
-        bits = _splitmix64(key[:, None] ^ counters[None, :])
-    # 53 random bits -> double in [0, 1), then float32 (strictly below 1 after rounding down)
-    values = (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    below_one = float(np.nextafter(np.float32(1), np.float32(0)))
-    out = torch.from_numpy(values.astype(np.float32)).clamp_(max=below_one)
-    return out.reshape(len(s), *shape)
+    bits = _shr(random_bits(seeds, shape, stream), 11)  # 53 random bits
+    values = bits.to(torch.float64) * (1.0 / (1 << 53))
+    below_one = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()
+    return values.to(torch.float32).clamp_(max=below_one)
 
 
 def normal(seeds: Tensor, shape: tuple[int, ...], stream: int = 0) -> Tensor:
-    """Standard normal floats (Box-Muller on two uniform streams), row i from seeds[i]."""
+    """Standard normal float32 (Box-Muller on two uniform streams), row i from seeds[i]."""
     u1 = uniform(seeds, shape, stream=2 * stream + 1).double().clamp_(min=1e-12)
     u2 = uniform(seeds, shape, stream=2 * stream + 2).double()
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)).float()
+
+
+def randint(
+    seeds: Tensor, high: Tensor | int, shape: tuple[int, ...] = (), stream: int = 0
+) -> Tensor:
+    """Integers in ``[0, high)`` per sample (``high`` may differ per sample, ``[B]``)."""
+    u = uniform(seeds, shape or (1,), stream).double()
+    high_t = torch.as_tensor(high, device=u.device, dtype=torch.float64)
+    if high_t.dim() == 1:
+        high_t = high_t.view(-1, *([1] * (u.dim() - 1)))
+    out = torch.floor(u * high_t).to(torch.int64)
+    return out if shape else out.squeeze(1)
+
+
+def signs(seeds: Tensor, shape: tuple[int, ...], stream: int = 0) -> Tensor:
+    """Random +1/-1 float32 per sample."""
+    return torch.where(uniform(seeds, shape, stream) < 0.5, -1.0, 1.0)

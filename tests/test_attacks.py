@@ -297,7 +297,7 @@ def test_spec_records_normalised_params():
 
 
 # ---------------------------------------------------------------------------- plugin
-def test_plugin_registers_three_attacks():
+def test_plugin_registers_the_builtin_attacks():
     from featrob.builtins import attacks as plugin
 
     seen = {}
@@ -306,5 +306,16 @@ def test_plugin_registers_three_attacks():
         seen[name or obj.name] = obj
 
     plugin.featrob_register_attacks(register)
-    assert seen == {"fgsm": FGSM, "pgd": PGD, "gabor": GaborNoise}
+    assert {"fgsm": FGSM, "pgd": PGD, "gabor": GaborNoise}.items() <= seen.items()
+    assert set(seen) == {
+        "fgsm",
+        "pgd",
+        "gabor",
+        "apgd-ce",
+        "apgd-dlr",
+        "apgd-t",
+        "fab",
+        "fab-t",
+        "square",
+    }
     assert GaborNoise.uses_gradients is False and GaborNoise.norms == ("linf",)

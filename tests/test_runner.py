@@ -104,5 +104,7 @@ def test_metrics_share_the_store_between_runs(tmp_path: Path):
     second = featrob.run({**cfg, "out": str(tmp_path / "b")})
     assert len(list((tmp_path / "s" / "entries").glob("*/*"))) == entries  # nothing new
     assert first.metrics["robust_accuracy"].summary == second.metrics["robust_accuracy"].summary
-    # the attack's adversarial inputs, and clean/adversarial logits are separate entries
-    assert entries == 3
+    # clean logits (one entry) and the attack's per-sample records (one entry)
+    assert entries == 2
+    (step,) = second.metrics["robust_accuracy"].tables["attacks"]
+    assert step["from_store"] == step["attacked"] > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -67,6 +68,7 @@ class Attack(ABC):
         defaults: every parameter the attack takes, with its default value. Unknown
             parameters are rejected with close matches.
         uses_gradients: False for noise and score-based attacks.
+        min_classes: the fewest classes the attack works with (DLR losses need 3 or 4).
 
     Args:
         eps: radius of the perturbation ball (pixel units, [0, 1] images).
@@ -80,6 +82,7 @@ class Attack(ABC):
     norms: ClassVar[tuple[str, ...]] = NORMS
     defaults: ClassVar[dict[str, Any]] = {}
     uses_gradients: ClassVar[bool] = True
+    min_classes: ClassVar[int] = 2
 
     def __init__(self, eps: float, norm: str = "linf", seed: int = 0, **params: Any) -> None:
         self.eps = check_finite_nonnegative("eps", eps)
@@ -186,6 +189,67 @@ class Attack(ABC):
         return loss, success
 
 
+@dataclass
+class MinNormResult:
+    """What a minimum-norm attack found per sample.
+
+    Attributes:
+        x_adv: the smallest adversarial input found (the clean input where none was found).
+        norm: its perturbation norm (``inf`` where none was found).
+        success: True where an adversarial input was found.
+    """
+
+    x_adv: Tensor
+    norm: Tensor
+    success: Tensor
+
+
+class MinimumNormAttack(Attack):
+    """An attack that searches for the smallest adversarial perturbation.
+
+    :meth:`minimize` returns the smallest perturbation found, whatever its size; ``eps``
+    only decides success in :meth:`perturb` (and may size random restarts). Metrics that need
+    measured minimal perturbation sizes (compression, collision) call :meth:`minimize`.
+    """
+
+    @abstractmethod
+    def minimize(
+        self,
+        forward: Forward,
+        x: Tensor,
+        y: Tensor,
+        *,
+        target: Tensor | None = None,
+        sample_seeds: Tensor | None = None,
+    ) -> MinNormResult:
+        """Smallest perturbation that changes the prediction (towards ``target`` if given).
+
+        Args:
+            forward: the model returning logits.
+            x: clean inputs in [0, 1].
+            y: true labels.
+            target: per-sample target classes ``[B]``; None for untargeted.
+            sample_seeds: per-sample seeds for random restarts.
+        """
+
+    def perturb(
+        self,
+        forward: Forward,
+        x: Tensor,
+        y: Tensor,
+        *,
+        loss: LossFn | None = None,
+        success: SuccessFn | None = None,
+        sample_seeds: Tensor | None = None,
+    ) -> Tensor:
+        """The minimal adversarial input where its norm is within ``eps``, else ``x``."""
+        if loss is not None:
+            raise ConfigError(f"{self.name} is a minimum-norm attack on logits; it takes no loss")
+        found = self.minimize(forward, x, y, sample_seeds=sample_seeds)
+        ok = found.success & (found.norm <= self.eps * (1 + 1e-6))
+        return torch.where(ok.view(-1, *([1] * (x.dim() - 1))), found.x_adv, x.clamp(0, 1))
+
+
 # ---------------------------------------------------------------------- geometry helpers
 def flat_norm(t: Tensor, norm: str) -> Tensor:
     """Per-sample norm of ``t`` (``[B]``)."""
@@ -207,9 +271,9 @@ def steepest_direction(grad: Tensor, norm: str) -> Tensor:
     Non-finite gradient entries are treated as zero, so a NaN gradient never produces a NaN
     adversarial example.
     """
-    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     if norm == "linf":
-        return grad.sign()
+        return grad.sign().nan_to_num_(nan=0.0)  # sign(+-inf) = +-1 is a fine direction
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
     n = flat_norm(grad, "l2").clamp_min(1e-12)
     return grad / n.view(-1, *([1] * (grad.dim() - 1)))
 

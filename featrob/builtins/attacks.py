@@ -1,4 +1,5 @@
-"""Built-in attacks plugin: FGSM, PGD and Gabor noise.
+"""Built-in attacks plugin: FGSM, PGD, Gabor noise, and the AutoAttack suite (APGD-CE,
+APGD-DLR, APGD-T, FAB, FAB-T, Square).
 
 The attack classes are imported inside the hook, so importing this module (which
 ``featrob --help`` does for every plugin) does not import torch.
@@ -12,9 +13,11 @@ from featrob.hookspecs import Register
 
 @hookimpl
 def featrob_register_attacks(register: Register) -> None:
-    """Register ``fgsm``, ``pgd`` and ``gabor`` (names from the classes' ``name``)."""
+    """Register the built-in attacks (names from the classes' ``name``)."""
     from featrob.attacks import FGSM, PGD, GaborNoise
+    from featrob.attacks.apgd import APGD, APGDDLR, APGDTargeted
+    from featrob.attacks.fab import FAB, FABTargeted
+    from featrob.attacks.square import SquareAttack
 
-    register(FGSM)
-    register(PGD)
-    register(GaborNoise)
+    for cls in (FGSM, PGD, GaborNoise, APGD, APGDDLR, APGDTargeted, FAB, FABTargeted, SquareAttack):
+        register(cls)
