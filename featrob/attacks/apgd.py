@@ -36,7 +36,10 @@ from featrob.attacks.base import (
     Forward,
     LossFn,
     SuccessFn,
+    better_iterate,
     cross_entropy,
+    expand_batch,
+    finite_score,
     flat_norm,
     misclassified,
     project,
@@ -58,10 +61,6 @@ def checkpoints(steps: int) -> list[int]:
         window = max(window - shrink, shortest)
         at += window
     return points
-
-
-def _expand(t: Tensor, like: Tensor) -> Tensor:
-    return t.view(-1, *([1] * (like.dim() - 1)))
 
 
 class APGD(Attack):
@@ -151,7 +150,7 @@ class APGD(Attack):
             )
             better = ok | (loss_r > best_loss[todo])
             better &= ~broken[todo]
-            best_x[todo] = torch.where(_expand(better, adv), adv, best_x[todo])
+            best_x[todo] = torch.where(expand_batch(better, adv), adv, best_x[todo])
             best_loss[todo] = torch.where(better, loss_r, best_loss[todo])
             broken[todo] |= ok
         return best_x, broken
@@ -160,10 +159,10 @@ class APGD(Attack):
         shape = tuple(x.shape[1:])
         if self.norm == "linf":
             t = uniform(seeds, shape, stream).to(x) * 2 - 1
-            t = t / _expand(flat_norm(t, "linf").clamp_min(1e-12), t)
+            t = t / expand_batch(flat_norm(t, "linf").clamp_min(1e-12), t)
         else:
             t = normal(seeds, shape, stream).to(x)
-            t = t / _expand(flat_norm(t, "l2").clamp_min(1e-12), t)
+            t = t / expand_batch(flat_norm(t, "l2").clamp_min(1e-12), t)
         return (x + self.eps * t).clamp(0, 1)
 
     def _projector(self, x: Tensor) -> Callable[[Tensor], Tensor]:
@@ -192,7 +191,7 @@ class APGD(Attack):
         n = len(x)
         x_adv = self._init(x, seeds, stream)
         out, loss, grad = self.loss_and_grad(forward, x_adv, y, loss_fn)
-        score = _finite(loss)
+        score = finite_score(loss)
         ok = self._success(success_fn, out, y, n, x.device)
         # best-loss point (drives restarts from the best) and returned point
         x_best, loss_best, grad_best = x_adv.clone(), score.clone(), grad.clone()
@@ -209,23 +208,23 @@ class APGD(Attack):
         for i in range(steps):
             moment = 1.0 if i == 0 else a
             z = proj(
-                torch.addcmul(x_adv, _expand(step, x_adv), steepest_direction(grad, self.norm))
+                torch.addcmul(x_adv, expand_batch(step, x_adv), steepest_direction(grad, self.norm))
             )
             # x + a (z - x) + (1 - a)(x - x_prev) == lerp(2 x - x_prev, z, a)
             x_adv, x_prev = proj(torch.lerp(x_adv.mul(2).sub_(x_prev), z, moment)), x_adv
 
             out, loss, grad = self.loss_and_grad(forward, x_adv, y, loss_fn)
-            score = _finite(loss)
+            score = finite_score(loss)
             history[i + 1] = score
             ok_now = self._success(success_fn, out, y, n, x.device)
-            take = _better(score, ok_now, ret_loss, ret_ok)
-            ret_x = torch.where(_expand(take, x_adv), x_adv, ret_x)
+            take = better_iterate(score, ok_now, ret_loss, ret_ok)
+            ret_x = torch.where(expand_batch(take, x_adv), x_adv, ret_x)
             ret_loss = torch.where(take, score, ret_loss)
             ret_ok = ret_ok | ok_now
 
             improved = score > loss_best
-            x_best = torch.where(_expand(improved, x_adv), x_adv, x_best)
-            grad_best = torch.where(_expand(improved, grad), grad, grad_best)
+            x_best = torch.where(expand_batch(improved, x_adv), x_adv, x_best)
+            grad_best = torch.where(expand_batch(improved, grad), grad, grad_best)
             loss_best = torch.where(improved, score, loss_best)
 
             if i in checks:
@@ -235,8 +234,8 @@ class APGD(Attack):
                 stalled = ~reduced_before & (best_at_check >= loss_best)
                 reduce = oscillating | stalled
                 step = torch.where(reduce, step / 2, step)
-                x_adv = torch.where(_expand(reduce, x_adv), x_best, x_adv)
-                grad = torch.where(_expand(reduce, grad), grad_best, grad)
+                x_adv = torch.where(expand_batch(reduce, x_adv), x_best, x_adv)
+                grad = torch.where(expand_batch(reduce, grad), grad_best, grad)
                 reduced_before, best_at_check = reduce, loss_best.clone()
                 window_start = i + 1
         return ret_x, ret_loss, ret_ok
@@ -337,23 +336,12 @@ class APGDTargeted(APGD):
                 stream_base=j * self.params["restarts"],
             )
             with torch.no_grad():
-                loss_j = _finite(targeted(forward(adv), y[todo]))
+                loss_j = finite_score(targeted(forward(adv), y[todo]))
             take = ok | (~broken[todo] & (loss_j > best_loss[todo]))
-            result[todo] = torch.where(_expand(take, adv), adv, result[todo])
+            result[todo] = torch.where(expand_batch(take, adv), adv, result[todo])
             best_loss[todo] = torch.where(take, loss_j, best_loss[todo])
             broken[todo] |= ok
         return result
-
-
-def _finite(loss: Tensor) -> Tensor:
-    """float64 loss with NaN mapped to -inf (a NaN iterate is never the best)."""
-    loss = loss.detach().double()
-    return torch.where(torch.isnan(loss), torch.full_like(loss, float("-inf")), loss)
-
-
-def _better(score: Tensor, ok: Tensor, best_score: Tensor, best_ok: Tensor) -> Tensor:
-    """Success beats failure; among equals the higher loss wins (ties keep the earlier)."""
-    return (ok & ~best_ok) | ((ok == best_ok) & (score > best_score))
 
 
 def _checked_classes(forward: Forward, attack: str, minimum: int) -> Forward:

@@ -250,6 +250,24 @@ class MinimumNormAttack(Attack):
         return torch.where(ok.view(-1, *([1] * (x.dim() - 1))), found.x_adv, x.clamp(0, 1))
 
 
+# ---------------------------------------------------------------------- iterate bookkeeping
+def expand_batch(t: Tensor, like: Tensor) -> Tensor:
+    """``[B]`` -> ``[B, 1, 1, ...]`` broadcastable against ``like``."""
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+def finite_score(loss: Tensor) -> Tensor:
+    """Detached float64 loss with NaN mapped to -inf, so a NaN iterate is never the best."""
+    loss = loss.detach().double()
+    return torch.where(torch.isnan(loss), torch.full_like(loss, float("-inf")), loss)
+
+
+def better_iterate(score: Tensor, ok: Tensor, best_score: Tensor, best_ok: Tensor) -> Tensor:
+    """Per sample: does the new iterate beat the best so far? Success beats failure; among
+    equals the higher loss wins; ties keep the earlier iterate."""
+    return (ok & ~best_ok) | ((ok == best_ok) & (score > best_score))
+
+
 # ---------------------------------------------------------------------- geometry helpers
 def flat_norm(t: Tensor, norm: str) -> Tensor:
     """Per-sample norm of ``t`` (``[B]``)."""

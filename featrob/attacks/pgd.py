@@ -21,6 +21,9 @@ from featrob.attacks.base import (
     Forward,
     LossFn,
     SuccessFn,
+    better_iterate,
+    expand_batch,
+    finite_score,
     project,
     random_in_ball,
     steepest_direction,
@@ -29,22 +32,6 @@ from featrob.errors import ConfigError
 from featrob.options import bool_param, float_param, int_param
 
 SCHEDULES = ("constant", "cosine", "step")
-
-
-def _expand(t: Tensor, like: Tensor) -> Tensor:
-    """``[B]`` -> ``[B, 1, 1, ...]`` broadcastable against ``like``."""
-    return t.view(-1, *([1] * (like.dim() - 1)))
-
-
-def _score(loss: Tensor) -> Tensor:
-    """Detached float loss with NaN mapped to -inf, so a NaN iterate is never the best."""
-    loss = loss.detach().double()
-    return torch.where(torch.isnan(loss), torch.full_like(loss, float("-inf")), loss)
-
-
-def _better(loss: Tensor, ok: Tensor, best_loss: Tensor, best_ok: Tensor) -> Tensor:
-    """Strict lexicographic comparison on (success, loss): ties keep the earlier iterate."""
-    return (ok & ~best_ok) | ((ok == best_ok) & (loss > best_loss))
 
 
 class PGD(Attack):
@@ -180,8 +167,8 @@ class PGD(Attack):
         # Reduce over restarts with the same rule as over steps (first restart wins ties).
         out, out_loss, out_ok = adv[0], best_loss[0], best_ok[0]
         for r in range(1, restarts):
-            better = _better(best_loss[r], best_ok[r], out_loss, out_ok)
-            out = torch.where(_expand(better, out), adv[r], out)
+            better = better_iterate(best_loss[r], best_ok[r], out_loss, out_ok)
+            out = torch.where(expand_batch(better, out), adv[r], out)
             out_loss = torch.where(better, best_loss[r], out_loss)
             out_ok = torch.where(better, best_ok[r], out_ok)
         return out
@@ -216,14 +203,14 @@ class PGD(Attack):
 
         def update(x_it: Tensor, out: Tensor, value: Tensor) -> None:
             nonlocal best_x, best_loss, best_ok
-            score = _score(value)
+            score = finite_score(value)
             if success_fn is None:
                 ok = torch.zeros_like(best_ok)
             else:
                 with torch.no_grad():
                     ok = success_fn(out.detach(), y).to(device=x.device, dtype=torch.bool)
-            better = _better(score, ok, best_loss, best_ok)
-            best_x = torch.where(_expand(better, x_it), x_it, best_x)
+            better = better_iterate(score, ok, best_loss, best_ok)
+            best_x = torch.where(expand_batch(better, x_it), x_it, best_x)
             best_loss = torch.where(better, score, best_loss)
             best_ok = torch.where(better, ok, best_ok)
 
