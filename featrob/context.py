@@ -187,6 +187,36 @@ class RunContext:
         """Mixed-precision context for forward passes (``--amp``), or a no-op."""
         return autocast_context(self.device, self.config.amp)
 
+    # ------------------------------------------------------------------ other models
+    def variant(self, method: str | None = None, weights: str | None = None) -> RunContext:
+        """The same run (data, samples, store, seeds) on another model: the run's model
+        trained with training method ``method`` (trained once, then cached like the run's
+        own model), or the checkpoint ``weights``. Metrics use it to compare models side by
+        side (e.g. standard vs scale-aware training)."""
+        import dataclasses
+
+        from featrob.prepare import prepare_model
+
+        if (method is None) == (weights is None):
+            raise ValueError("variant() takes exactly one of method and weights")
+        if weights is not None:
+            config = dataclasses.replace(self.config, weights=weights)
+        else:
+            train = dataclasses.replace(self.config.train, method=method)
+            config = dataclasses.replace(self.config, weights=None, train=train)
+        model, _ = prepare_model(config, self.data, self.host, self.device, self.progress)
+        return RunContext(
+            config,
+            model,
+            self.data,
+            self.split,
+            self.device,
+            self.host,
+            self.store,
+            self.progress,
+            model.fingerprint(),
+        )
+
     # ------------------------------------------------------------------ features
     def features(
         self, layer: str = "features", perturbation: Attack | str | None = None

@@ -25,7 +25,9 @@ class Figure:
     Attributes:
         kind: ``"line"``, ``"scatter"``, ``"hist"``, ``"box"``, ``"bar"`` or ``"image"``.
         series: one dict per series, e.g. ``{"label": "pgd", "x": [...], "y": [...]}``; for
-            ``"box"`` ``{"label": ..., "values": [[...], [...]]}``; for ``"hist"``
+            ``"box"`` ``{"label": ..., "values": [[...], [...]]}`` or, precomputed,
+            ``{"label": ..., "x": [...], "stats": [{"med", "q1", "q3", "whislo", "whishi"}]}``
+            (matplotlib ``bxp`` keys); for ``"hist"``
             ``{"label": ..., "values": [...], "bins": 20}``.
         title, xlabel, ylabel: text.
         options: extra rendering hints (``{"logy": True}``, a second axis, ...).
