@@ -120,8 +120,13 @@ def _synthetic(falling: bool, n_per_class: int = 2000, classes: int = 3, seed: i
 def test_trends_on_synthetic_features_with_a_known_direction(falling):
     labels, scale, wrong, cos = _synthetic(falling)
     section, class_max = assign_sections(scale, labels, 3, 10)
-    res = analyse(labels, section, class_max, cos, wrong, np.zeros_like(wrong), Settings())
+    res = analyse(
+        labels, section, class_max, cos, wrong, np.zeros_like(wrong), Settings(), scale=scale
+    )
     s = res.summary
+    # E[error | lowest 30% of the class's scale] = 0.8 (1 - 0.15) falling, 0.8 * 0.15 rising
+    assert s["low_quantile_error_rate"] == pytest.approx(0.68 if falling else 0.12, abs=0.03)
+    assert s["lowest_section_error_rate"] == pytest.approx(0.76 if falling else 0.04, abs=0.04)
     assert s["decreasing_error_classes"] == (3 if falling else 0)
     assert s["increasing_cosine_classes"] == (3 if falling else 0)
     assert s["median_rho_error"] < -0.9 if falling else s["median_rho_error"] > 0.9

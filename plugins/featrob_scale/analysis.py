@@ -225,6 +225,15 @@ def _nanmedian(values: list[float | None]) -> float | None:
     return float(np.median(finite)) if finite else None
 
 
+def _low_quantile_error(labels: np.ndarray, scale: np.ndarray, wrong: np.ndarray) -> float:
+    """Error rate of the samples below their class's LOW_FRACTION scale quantile."""
+    low = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        mine = labels == c
+        low |= mine & (scale < np.quantile(scale[mine], LOW_FRACTION))
+    return float(wrong[low].mean()) if low.any() else float("nan")
+
+
 def analyse(
     labels: np.ndarray,
     section: np.ndarray,
@@ -234,13 +243,26 @@ def analyse(
     clean_wrong: np.ndarray,
     settings: Settings,
     stream: int = 0,
+    scale: np.ndarray | None = None,
 ) -> PerturbationAnalysis:
-    """Rows, class trends and summary for one perturbation."""
+    """Rows, class trends and summary for one perturbation.
+
+    With ``scale`` the summary adds ``low_quantile_error_rate``: the error rate of each
+    class's lowest-scale 30% of samples, pooled (a fixed share of samples, so two models
+    can be compared even when their scale distributions differ).
+    """
     num_classes = len(class_max)
     rows = section_rows(labels, section, class_max, cos, wrong, clean_wrong, settings, stream)
     classes = class_trends(rows, labels, section, cos, wrong, num_classes, settings, stream)
     low = section < round(LOW_FRACTION * settings.sections)
     high = section >= round(HIGH_FRACTION * settings.sections)
+    lowest = np.zeros(len(labels), dtype=bool)  # each class's lowest significant section
+    for r in classes:
+        first = next(
+            (x["section"] for x in rows if x["class"] == r["class"] and x["significant"]), None
+        )
+        if first is not None:
+            lowest |= (labels == r["class"]) & (section == first - 1)
     summary = {
         "error_rate": float(wrong.mean()) if len(wrong) else None,
         "median_cosine": float(np.median(cos)) if len(cos) else None,
@@ -258,6 +280,10 @@ def analyse(
         "first_last_separated_classes": sum(1 for r in classes if r["first_last_error_separated"]),
         "low_error_rate": float(wrong[low].mean()) if low.any() else None,
         "high_error_rate": float(wrong[high].mean()) if high.any() else None,
+        "lowest_section_error_rate": float(wrong[lowest].mean()) if lowest.any() else None,
+        "low_quantile_error_rate": _low_quantile_error(labels, scale, wrong)
+        if scale is not None
+        else None,
         "significant_sections": sum(1 for r in rows if r["significant"]),
     }
     return PerturbationAnalysis(rows=rows, classes=classes, summary=summary)

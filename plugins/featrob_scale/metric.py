@@ -193,7 +193,9 @@ class ScaleSections(Metric):
                     level=o["level"],
                     seed=ctx.config.seed,
                 )
-                res = analyse(labels, sec, class_max, cos, wrong, clean_wrong, settings, stream)
+                res = analyse(
+                    labels, sec, class_max, cos, wrong, clean_wrong, settings, stream, scale
+                )
                 for key, value in res.summary.items():
                     summary[f"{prefix}{label}.{key}"] = value
                 tables[f"{prefix}{label}.error_rate"] = section_table(
@@ -234,6 +236,8 @@ class ScaleSections(Metric):
 #: Per-perturbation summary keys shown side by side when two models are compared.
 COMPARED_KEYS = (
     "error_rate",
+    "lowest_section_error_rate",
+    "low_quantile_error_rate",
     "low_error_rate",
     "high_error_rate",
     "median_cosine",
