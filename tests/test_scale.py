@@ -347,3 +347,19 @@ def test_mnist_fgsm_error_rate_falls_with_scale_for_most_classes(tmp_path, monke
     summary = results.metrics["scale"].summary
     assert results.metrics["scale"].error is None
     assert summary["fgsm.decreasing_error_classes"] >= 8
+
+
+def test_cli_run_plugin_scale(tmp_path):
+    """`featrob run --plugin scale` end to end: only the scale metric runs, results written."""
+    from typer.testing import CliRunner
+
+    from featrob.cli import create_app
+
+    args = ["run", "--plugin", "scale", "--n-per-class", "5", "--quiet"]
+    args += ["--set", 'metrics.scale.perturbations=["fgsm"]', "--set", "metrics.scale.min_count=2"]
+    args += ["--store", str(tmp_path / "store"), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(create_app(lambda: PluginHost()), args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(data["metrics"]) == ["scale"] and data["metrics"]["scale"]["error"] is None
+    assert data["metrics"]["scale"]["summary"]["n"] == 50
