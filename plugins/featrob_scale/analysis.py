@@ -68,6 +68,11 @@ class PerturbationAnalysis:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def low_high(section: np.ndarray, sections: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the samples in the low and high parts of their class's scale range."""
+    return section < round(LOW_FRACTION * sections), section >= round(HIGH_FRACTION * sections)
+
+
 def _groups(labels: np.ndarray, section: np.ndarray, sections: int):
     """Sample indices of every (class, section) group: a dict ``(c, s) -> indices``, built
     with one stable sort (no loop over samples)."""
@@ -162,9 +167,7 @@ def class_trends(
     stream: int = 0,
 ) -> list[dict[str, Any]]:
     """Per class: Spearman trends over significant sections and the pooled low/high check."""
-    s_count = settings.sections
-    low = section < round(LOW_FRACTION * s_count)
-    high = section >= round(HIGH_FRACTION * s_count)
+    low, high = low_high(section, settings.sections)
     out = []
     for c in range(num_classes):
         mine = [r for r in rows if r["class"] == c and r["significant"]]
@@ -177,6 +180,7 @@ def class_trends(
         row: dict[str, Any] = {
             "class": c,
             "significant_sections": len(mine),
+            "lowest_significant_section": mine[0]["section"] if mine else None,
             "rho_error": rho_err,
             "rho_cosine": rho_cos,
             "error_falls": None if rho_err is None or np.isnan(rho_err) else bool(rho_err < 0),
@@ -254,15 +258,11 @@ def analyse(
     num_classes = len(class_max)
     rows = section_rows(labels, section, class_max, cos, wrong, clean_wrong, settings, stream)
     classes = class_trends(rows, labels, section, cos, wrong, num_classes, settings, stream)
-    low = section < round(LOW_FRACTION * settings.sections)
-    high = section >= round(HIGH_FRACTION * settings.sections)
+    low, high = low_high(section, settings.sections)
     lowest = np.zeros(len(labels), dtype=bool)  # each class's lowest significant section
     for r in classes:
-        first = next(
-            (x["section"] for x in rows if x["class"] == r["class"] and x["significant"]), None
-        )
-        if first is not None:
-            lowest |= (labels == r["class"]) & (section == first - 1)
+        if r["lowest_significant_section"] is not None:
+            lowest |= (labels == r["class"]) & (section == r["lowest_significant_section"] - 1)
     summary = {
         "error_rate": float(wrong.mean()) if len(wrong) else None,
         "median_cosine": float(np.median(cos)) if len(cos) else None,

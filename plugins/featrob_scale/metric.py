@@ -97,7 +97,8 @@ class ScaleSections(Metric):
     # ------------------------------------------------------------------ entry point
     def compute(self, ctx: RunContext) -> MetricResult:
         """Analyse the run's model (and the comparison model when asked)."""
-        result = self.analyse_model(ctx)
+        perturbations, skipped = self.perturbations(ctx)
+        result = self.analyse_model(ctx, perturbations, skipped)
         compare = self.options["compare"]
         if compare:
             other_ctx = (
@@ -105,9 +106,9 @@ class ScaleSections(Metric):
                 if str(compare).endswith((".pt", ".pth", ".ckpt"))
                 else ctx.variant(method=str(compare))
             )
-            other = self.analyse_model(other_ctx)
+            other = self.analyse_model(other_ctx, perturbations, skipped)
             this_label = "run model" if ctx.config.weights else ctx.config.train.method
-            p_labels = [label for label, _ in self.perturbations(ctx)[0]]
+            p_labels = [label for label, _ in perturbations]
             rows = [
                 comparison_row(this_label, ctx, result, p_labels),
                 comparison_row(str(compare), other_ctx, other, p_labels),
@@ -131,8 +132,11 @@ class ScaleSections(Metric):
             out.append((spec.replace(" ", ""), ctx.make_attack(spec, eps=self.options["eps"])))
         return out, warnings
 
-    def analyse_model(self, ctx: RunContext) -> MetricResult:
-        """Sections, statistics, tables and figures for the context's model."""
+    def analyse_model(
+        self, ctx: RunContext, perturbations: list[tuple[str, Any]], skipped: list[str]
+    ) -> MetricResult:
+        """Sections, statistics, tables and figures for the context's model, under the
+        labelled ``perturbations`` (``skipped``: warnings for the ones left out)."""
         o = self.options
         layer = o["layer"]
         clean = ctx.features(layer)
@@ -147,7 +151,7 @@ class ScaleSections(Metric):
             merged = merge_sections(section, o["merge"])
             resolutions.append(("merged.", o["sections"] // o["merge"], merged))
 
-        perturbations, warnings = self.perturbations(ctx)
+        warnings = list(skipped)
         summary: dict[str, Any] = {
             "layer": layer,
             "feature_dim": int(feats.reshape(len(feats), -1).shape[1]),
@@ -165,18 +169,16 @@ class ScaleSections(Metric):
             "class_max_scale": class_max,
         }
         figures = {}
+        present = np.bincount(labels, minlength=ctx.num_classes) > 0
         for prefix, s_count, sec in resolutions:
-            tables[f"{prefix}section_sizes"] = section_table(
-                [
-                    {"class": c, "section": s + 1, "n": int(((labels == c) & (sec == s)).sum())}
-                    for c in range(ctx.num_classes)
-                    for s in range(s_count)
-                    if (labels == c).any()
-                ],
-                names,
-                s_count,
-                "n",
-            )
+            counts = np.bincount(labels * s_count + sec, minlength=ctx.num_classes * s_count)
+            counts = counts.reshape(ctx.num_classes, s_count)
+            rows = [
+                {"class": c, "section": s + 1, "n": int(counts[c, s])}
+                for c in np.nonzero(present)[0].tolist()
+                for s in range(s_count)
+            ]
+            tables[f"{prefix}section_sizes"] = section_table(rows, names, s_count, "n")
         for label, attack in perturbations:
             pert = ctx.features(layer, attack)
             cos = cosine(feats, pert.values.numpy())
