@@ -291,6 +291,20 @@ def test_npz_float_input_and_fingerprint(tmp_path):
     assert sources.load_npz(str(path)).fingerprint != before
 
 
+def test_npz_size_option_resizes_by_area_averaging(tmp_path):
+    path = tmp_path / "s.npz"
+    x = _rng_images(4, (1, 8, 8), 3)
+    _write_npz(path, x, x)
+    small = sources.load_npz(str(path), size=4)
+    assert small.input_shape == (1, 4, 4)
+    blocks = x.reshape(4, 1, 4, 2, 4, 2).astype(np.float64).mean(axis=(3, 5))
+    assert np.abs(small.test.images.numpy().astype(np.float64) - blocks).max() <= 0.5
+    assert small.fingerprint != sources.load_npz(str(path)).fingerprint
+    assert sources.load_npz(str(path), size=[8, 8]).test.images.numpy().tolist() == x.tolist()
+    with pytest.raises(ConfigError, match="npz: option size"):
+        sources.load_npz(str(path), size=0)
+
+
 def test_npz_errors_are_one_line(tmp_path, registry):
     with pytest.raises(DataError) as exc:
         load_dataset(f"npz:{tmp_path / 'nope.npz'}", registry)

@@ -221,6 +221,7 @@ class MinimumNormAttack(Attack):
         *,
         target: Tensor | None = None,
         sample_seeds: Tensor | None = None,
+        pairwise: bool = False,
     ) -> MinNormResult:
         """Smallest perturbation that changes the prediction (towards ``target`` if given).
 
@@ -230,6 +231,9 @@ class MinimumNormAttack(Attack):
             y: true labels.
             target: per-sample target classes ``[B]``; None for untargeted.
             sample_seeds: per-sample seeds for random restarts.
+            pairwise: with ``target``: success once ``f_target > f_y`` (crossing that one
+                pairwise boundary) rather than once the prediction is ``target``.
+                Attacks that cannot do this raise :class:`ConfigError`.
         """
 
     def perturb(

@@ -46,10 +46,16 @@ JACOBIANS = ("vmap", "loop")
 _TINY = 1e-12
 
 
-def _is_adversarial(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    """``[B]`` bool: prediction is ``target`` (or differs from ``y`` where ``target`` is None);
-    rows with non-finite logits never count."""
+def _is_adversarial(
+    logits: Tensor, y: Tensor, target: Tensor | None, pairwise: bool = False
+) -> Tensor:
+    """``[B]`` bool: prediction is ``target`` (or differs from ``y`` where ``target`` is None;
+    with ``pairwise``, ``f_target > f_y`` whatever the other classes do); rows with
+    non-finite logits never count."""
     finite = torch.isfinite(logits).all(1)
+    if pairwise and target is not None:
+        rows = torch.arange(len(logits), device=logits.device)
+        return finite & (logits[rows, target] > logits[rows, y])
     pred = logits.argmax(1)
     hit = pred != y if target is None else pred == target
     return finite & hit
@@ -98,7 +104,10 @@ class FAB(MinimumNormAttack):
     steps and restarts (``norm`` inf and ``x_adv == x`` where none was found; ``norm`` 0 for
     inputs that are already misclassified). With ``target`` it attacks only the boundary
     ``f_target - f_y`` (one gradient per step) and counts an iterate as adversarial only
-    when it is classified as ``target``.
+    when it is classified as ``target``; with ``target`` and ``pairwise=True`` an iterate
+    counts once ``f_target > f_y``, whatever the other classes (the minimal perturbation
+    across one pairwise decision boundary, which metrics comparing two classes need: the
+    prediction-based test fails whenever the walk ends in a third class's region).
 
     Parameters (``defaults``):
         steps (100): FAB iterations per restart.
@@ -161,6 +170,7 @@ class FAB(MinimumNormAttack):
         *,
         target: Tensor | None = None,
         sample_seeds: Tensor | None = None,
+        pairwise: bool = False,
     ) -> MinNormResult:
         """Smallest adversarial perturbation found by FAB; see the class docstring.
 
@@ -170,6 +180,8 @@ class FAB(MinimumNormAttack):
             y: true labels ``[B]``.
             target: per-sample target classes ``[B]``; None for untargeted.
             sample_seeds: per-sample seeds for random restarts.
+            pairwise: with ``target``, success means ``f_target > f_y`` (see the class
+                docstring) instead of "classified as ``target``".
         """
         x0, y, seeds = self._prepare(x, y, sample_seeds)
         if target is not None:
@@ -177,13 +189,21 @@ class FAB(MinimumNormAttack):
             if target.shape != y.shape:
                 raise ConfigError(f"{self.name}: target must have shape {tuple(y.shape)}")
         with torch.no_grad():
-            done = _is_adversarial(forward(x0), y, target)
+            done = _is_adversarial(forward(x0), y, target, pairwise)
         best_x, best_norm = self._start_state(x0, done)
         todo = (~done).nonzero().squeeze(1)
         if len(todo):
             sub_t = None if target is None else target[todo]
             bx, bn = self._restarts(
-                forward, x0[todo], y[todo], seeds[todo], sub_t, sub_t, best_x[todo], best_norm[todo]
+                forward,
+                x0[todo],
+                y[todo],
+                seeds[todo],
+                sub_t,
+                sub_t,
+                best_x[todo],
+                best_norm[todo],
+                pairwise=pairwise,
             )
             best_x[todo], best_norm[todo] = bx, bn
         return MinNormResult(best_x, best_norm, torch.isfinite(best_norm))
@@ -210,14 +230,16 @@ class FAB(MinimumNormAttack):
         hit: Tensor | None,
         best_x: Tensor,
         best_norm: Tensor,
+        pairwise: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """All restarts on ``x0``; ``target`` picks the hyperplane (None: closest of all),
-        ``hit`` the success test (None: misclassified). Returns the improved best."""
+        ``hit`` the success test (None: misclassified; ``pairwise``: ``f_hit > f_y``).
+        Returns the improved best."""
         jac = self._jacobian_fn()
         for r in range(self.params["restarts"]):
             start = x0 if r == 0 else self._random_start(x0, seeds, best_norm, r)
             best_x, best_norm = self._run(
-                forward, jac, x0, start, y, target, hit, best_x, best_norm
+                forward, jac, x0, start, y, target, hit, best_x, best_norm, pairwise
             )
         return best_x, best_norm
 
@@ -297,6 +319,7 @@ class FAB(MinimumNormAttack):
         hit: Tensor | None,
         best_x: Tensor,
         best_norm: Tensor,
+        pairwise: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """One FAB run from ``start``; returns the best ``(x, norm)`` including earlier ones."""
         p, shape, b = self.params, x0.shape, len(x0)
@@ -318,7 +341,7 @@ class FAB(MinimumNormAttack):
             alpha = (size[:b] / (size[:b] + size[b:])).clamp(0, alpha_max)[:, None]
             xf = ((xf + eta * d1) * (1 - alpha) + (x0f + eta * d2) * alpha).clamp(0, 1)
             with torch.no_grad():
-                adv = _is_adversarial(forward(xf.view(shape)), y, hit)
+                adv = _is_adversarial(forward(xf.view(shape)), y, hit, pairwise)
             dist = flat_norm(xf - x0f, self.norm)
             better = adv & (dist < best_norm)
             best_f = torch.where(better[:, None], xf, best_f)
@@ -366,10 +389,13 @@ class FABTargeted(FAB):
         *,
         target: Tensor | None = None,
         sample_seeds: Tensor | None = None,
+        pairwise: bool = False,
     ) -> MinNormResult:
         """FAB-T's smallest misclassifying perturbation; see the class docstring."""
         if target is not None:
-            return super().minimize(forward, x, y, target=target, sample_seeds=sample_seeds)
+            return super().minimize(
+                forward, x, y, target=target, sample_seeds=sample_seeds, pairwise=pairwise
+            )
         x0, y, seeds = self._prepare(x, y, sample_seeds)
         with torch.no_grad():
             logits = forward(x0)

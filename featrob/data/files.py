@@ -135,6 +135,7 @@ def load_npz(
     root: Path | None = None,
     download: bool = False,
     classes: Sequence[str] | None = None,
+    size: int | Sequence[int] | None = None,
 ) -> DatasetBundle:
     """Read ``npz:PATH``: a numpy archive with x_train, y_train, x_test, y_test.
 
@@ -143,6 +144,10 @@ def load_npz(
     converted to uint8 (``round(x * 255)``), since featrob keeps images as uint8.
     A relative PATH is taken from the working directory; ``root`` and ``download`` are
     unused. mean/std come from the training images.
+
+    Options: ``classes`` names the classes; ``size`` (int or ``[H, W]``) resizes every image
+    (area averaging when shrinking, bilinear when growing), e.g. to study how robustness
+    scales with the input dimension.
     """
     if not arg:
         raise ConfigError("npz needs a path: npz:PATH (a .npz with x_train, y_train, ...)")
@@ -165,8 +170,9 @@ def load_npz(
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"npz: cannot read {path}: {one_line(exc)}") from None
-    x_train = _as_nchw_uint8(arrays["x_train"], f"x_train of {path}")
-    x_test = _as_nchw_uint8(arrays["x_test"], f"x_test of {path}")
+    hw = _parse_size(size, "npz")
+    x_train = _resize(_as_nchw_uint8(arrays["x_train"], f"x_train of {path}"), hw)
+    x_test = _resize(_as_nchw_uint8(arrays["x_test"], f"x_test of {path}"), hw)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(
             f"npz: x_train images are {x_train.shape[1:]} but x_test images are {x_test.shape[1:]}"
@@ -183,8 +189,21 @@ def load_npz(
         classes=names,
         mean=mean,
         std=std,
-        fingerprint=files_fingerprint([path]),
+        fingerprint=files_fingerprint([path]) + ("" if hw is None else f"-{hw[0]}x{hw[1]}"),
     )
+
+
+def _resize(x: np.ndarray, hw: tuple[int, int] | None) -> np.ndarray:
+    """uint8 NCHW images resized to ``hw`` (unchanged when None or already that size)."""
+    if hw is None or tuple(x.shape[2:]) == hw or not len(x):
+        return x
+    t = torch.from_numpy(x).float()
+    shrink = hw[0] <= x.shape[2] and hw[1] <= x.shape[3]
+    if shrink:
+        out = torch.nn.functional.interpolate(t, size=hw, mode="area")
+    else:
+        out = torch.nn.functional.interpolate(t, size=hw, mode="bilinear", align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def _as_nchw_uint8(x: np.ndarray, what: str) -> np.ndarray:
@@ -345,7 +364,7 @@ def _choose_mode(first: Path, grayscale: bool | None) -> str:
         raise DataError(f"imagefolder: cannot read {first}: {one_line(exc)}") from None
 
 
-def _parse_size(size: Any) -> tuple[int, int] | None:
+def _parse_size(size: Any, reader: str = "imagefolder") -> tuple[int, int] | None:
     if size is None:
         return None
     values = [size] if isinstance(size, int) else size
@@ -355,7 +374,7 @@ def _parse_size(size: Any) -> tuple[int, int] | None:
         and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
     ):
         return (values[0], values[-1])
-    raise ConfigError(f"imagefolder: option size must be an int or [H, W] > 0, got {size!r}")
+    raise ConfigError(f"{reader}: option size must be an int or [H, W] > 0, got {size!r}")
 
 
 def _parse_norm(mean: Any, std: Any) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:

@@ -1,0 +1,101 @@
+"""``featrob compression theory``: the paper's synthetic experiments from the command line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def _dims(text: str) -> list[int]:
+    try:
+        dims = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        dims = []
+    if not dims or any(d < 2 for d in dims):
+        raise typer.BadParameter(f"expected comma-separated integers >= 2, got {text!r}")
+    return dims
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Attach the ``compression`` command group to the featrob app."""
+    group = typer.Typer(
+        help="Feature-compression plugin (paper 001): synthetic experiments.",
+        no_args_is_help=True,
+        add_completion=False,
+    )
+
+    @group.command("theory")
+    def theory(
+        experiment: Annotated[
+            str, typer.Option(help="linear (Theorem 6), relu (Theorem 7) or all.")
+        ] = "all",
+        linear_dims: Annotated[
+            str, typer.Option(help="Input dimensions n of the linear experiment.")
+        ] = "10",
+        relu_dims: Annotated[
+            str, typer.Option(help="Input dimensions n of the ReLU experiment.")
+        ] = "10,20,40,80",
+        runs: Annotated[int, typer.Option(min=1, help="Valid linear runs per n.")] = 10,
+        networks: Annotated[int, typer.Option(min=1, help="Accurate ReLU networks per n.")] = 50,
+        scale: Annotated[
+            float, typer.Option(help="Factor on every column of H but the last (linear).")
+        ] = 1.0,
+        seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+        json_out: Annotated[
+            Path | None, typer.Option("--json", help="Also write the results here.")
+        ] = None,
+    ) -> None:
+        """Theorem 6's linear networks against the QR prediction, and Theorem 7's ReLU
+        networks' local compression ratio against sqrt(2/n)."""
+        from featrob_compression.theory import linear_experiment, relu_experiment
+
+        if experiment not in ("linear", "relu", "all"):
+            raise typer.BadParameter(f"experiment must be linear, relu or all, got {experiment!r}")
+        out: dict[str, Any] = {}
+        if experiment in ("linear", "all"):
+            out["linear"] = []
+            for n in _dims(linear_dims):
+                res = linear_experiment(n, runs=runs, scale=scale, seed=seed)
+                out["linear"].append(res)
+                _print_linear(res)
+        if experiment in ("relu", "all"):
+            out["relu"] = []
+            typer.echo("Theorem 7: local compression ratio of accurate ReLU networks")
+            typer.echo(
+                f"{'n':>4} {'nets':>5} {'mean':>7} {'median':>7} {'sqrt(2/n)':>9} "
+                f"{'exact E':>7} {'QR frac':>7}"
+            )
+            for n in _dims(relu_dims):
+                res = relu_experiment(n, networks=networks, seed=seed)
+                out["relu"].append(asdict(res))
+                mid = len(res.mean_ratio) // 2
+                mean = res.mean_ratio[mid] if res.mean_ratio else float("nan")
+                med = res.median_ratio[mid] if res.median_ratio else float("nan")
+                typer.echo(
+                    f"{n:>4} {res.accurate_networks:>5} {mean:>7.4f} {med:>7.4f} "
+                    f"{res.sqrt_2_over_n:>9.4f} {res.gaussian_mean:>7.4f} "
+                    f"{res.qr_fraction_mean:>7.4f}"
+                )
+            typer.echo("(mean/median at the middle lambda; every lambda in --json)")
+        if json_out is not None:
+            json_out.write_text(json.dumps(out, indent=1))
+            typer.echo(f"wrote {json_out}")
+
+    app.add_typer(group, name="compression")
+
+
+def _print_linear(res: dict[str, Any]) -> None:
+    typer.echo(
+        f"Theorem 6, n={res['n']}: {res['valid_runs']} valid runs of {res['attempts']}; "
+        f"closed-form check max error {res['closed_form_max_error']:.2e}"
+    )
+    typer.echo(f"{'run':>4} {'fraction':>9} {'measured':>9} {'|cos t1|':>9} {'|cos t2|':>9}")
+    for i, r in enumerate(res["runs"], start=1):
+        typer.echo(
+            f"{i:>4} {r['predicted_fraction']:>9.4f} {r['measured_median']:>9.4f} "
+            f"{r['abs_cos_theta1']:>9.4f} {r['abs_cos_theta2']:>9.4f}"
+        )
