@@ -214,6 +214,8 @@ def test_theory_command_prints_the_tables(tmp_path: Path):
             "5",
             "--runs",
             "2",
+            "--steps",
+            "200",
             "--json",
             str(out),
         ],
@@ -280,6 +282,28 @@ def test_second_run_reads_every_pair_from_the_store(tmp_path: Path):
         make_context(ctx.model, store=tmp_path / "store", n_per_class=8)
     )
     assert 0 < bigger.summary["from_store_samples"] <= len(ctx.labels)
+
+
+def test_killed_run_resumes_from_the_finished_batches(tmp_path: Path, monkeypatch):
+    opts = {"path_points": 2, "attack": "fab(steps=5)", "untargeted": False}
+    ctx = make_context(store=tmp_path / "store", n_per_class=4, batch_size=16)
+    calls = {"n": 0}
+    original = FAB.minimize
+
+    def dies_on_the_third_batch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FAB, "minimize", dies_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        FeatureCompression(**opts).compute(ctx)
+    monkeypatch.setattr(FAB, "minimize", original)
+    again = make_context(ctx.model, store=tmp_path / "store", n_per_class=4, batch_size=16)
+    result = FeatureCompression(**opts).compute(again)
+    assert result.summary["from_store_samples"] == 32  # the two finished batches
+    assert result.summary["pairs"] == 40
 
 
 @pytest.mark.parametrize(

@@ -81,3 +81,13 @@ def test_attack_benchmark_quick_mode_runs(tmp_path: Path):
     for row in payload["results"]:
         assert row["featrob_s"] > 0 and row["raw_s"] > 0
         assert abs(row["featrob_robust_acc"] - row["reference_robust_acc"]) <= 0.05
+
+
+def test_compression_benchmark_quick_mode_runs(tmp_path: Path):
+    """The compression benchmark stays runnable and its two paths agree."""
+    from benchmarks.compression import main
+
+    payload = main(["--quick", "--json", str(tmp_path / "bench.json")])
+    assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "compression"
+    assert payload["max_abs_difference_batched_vs_naive"] < 1e-4
+    assert payload["samples_per_second_full"] > 0

@@ -44,6 +44,13 @@ def add_commands(app: typer.Typer) -> None:
         scale: Annotated[
             float, typer.Option(help="Factor on every column of H but the last (linear).")
         ] = 1.0,
+        hidden: Annotated[
+            int | None, typer.Option(min=1, help="Hidden width (default: 32 linear, 64 ReLU).")
+        ] = None,
+        steps: Annotated[
+            int | None,
+            typer.Option(min=1, help="Full-batch Adam steps (default: 1000 linear, 500 ReLU)."),
+        ] = None,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
         json_out: Annotated[
             Path | None, typer.Option("--json", help="Also write the results here.")
@@ -59,7 +66,9 @@ def add_commands(app: typer.Typer) -> None:
         if experiment in ("linear", "all"):
             out["linear"] = []
             for n in _dims(linear_dims):
-                res = linear_experiment(n, runs=runs, scale=scale, seed=seed)
+                res = linear_experiment(
+                    n, runs=runs, scale=scale, seed=seed, **_given(hidden=hidden, steps=steps)
+                )
                 out["linear"].append(res)
                 _print_linear(res)
         if experiment in ("relu", "all"):
@@ -70,7 +79,9 @@ def add_commands(app: typer.Typer) -> None:
                 f"{'exact E':>7} {'QR frac':>7}"
             )
             for n in _dims(relu_dims):
-                res = relu_experiment(n, networks=networks, seed=seed)
+                res = relu_experiment(
+                    n, networks=networks, seed=seed, **_given(hidden=hidden, steps=steps)
+                )
                 out["relu"].append(asdict(res))
                 mid = len(res.mean_ratio) // 2
                 mean = res.mean_ratio[mid] if res.mean_ratio else float("nan")
@@ -86,6 +97,11 @@ def add_commands(app: typer.Typer) -> None:
             typer.echo(f"wrote {json_out}")
 
     app.add_typer(group, name="compression")
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set (None: keep the experiment's default)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _print_linear(res: dict[str, Any]) -> None:

@@ -88,8 +88,12 @@ def compute_pairs(
     labels = ctx.labels.long()
     indices = ctx.indices.numpy().astype(np.int64)
     partner, _ = nearest_other_class(
-        x_all, labels, each_class=mode == "each", num_classes=ctx.num_classes
+        x_all.to(ctx.device),
+        labels.to(ctx.device),
+        each_class=mode == "each",
+        num_classes=ctx.num_classes,
     )
+    partner = partner.cpu()
     partner_np = partner.numpy()
     slots = partner_np.shape[1]
     partner_idx = np.where(partner_np >= 0, indices[partner_np.clip(min=0)], -1)

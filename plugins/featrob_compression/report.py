@@ -26,6 +26,7 @@ DISTRIBUTIONS = (
     "predicted_boundary",
     "linear_boundary",
     "boundary_over_delta",
+    "length_over_delta",
 )
 
 #: (x, y) pairs whose Spearman correlation across pairs the summary reports. A positive rho
@@ -56,6 +57,7 @@ def derived(table: PairTable) -> dict[str, np.ndarray]:
         v["fragility"] = v["delta_target"] / d_opt
         v["fragility_untargeted"] = v["delta_untargeted"] / d_opt
         v["boundary_over_delta"] = v["predicted_boundary"] / v["delta_target"]
+        v["length_over_delta"] = v["predicted_length"] / v["delta_target"]
     return v
 
 
