@@ -75,23 +75,28 @@ def add_commands(app: typer.Typer) -> None:
             out["relu"] = []
             typer.echo("Theorem 7: local compression ratio of accurate ReLU networks")
             typer.echo(
-                f"{'n':>4} {'nets':>5} {'mean':>7} {'median':>7} {'sqrt(2/n)':>9} "
-                f"{'exact E':>7} {'QR frac':>7}"
+                f"{'n':>4} {'nets':>5} {'mean':>7} {'median':>7} {'|cos g|':>7} {'all lam':>7} "
+                f"{'sqrt(2/n)':>9} {'exact E':>7} {'QR frac':>7}"
             )
             for n in _dims(relu_dims):
                 res = relu_experiment(
                     n, networks=networks, seed=seed, **_given(hidden=hidden, steps=steps)
                 )
                 out["relu"].append(asdict(res))
-                mid = len(res.mean_ratio) // 2
-                mean = res.mean_ratio[mid] if res.mean_ratio else float("nan")
-                med = res.median_ratio[mid] if res.median_ratio else float("nan")
+                if not res.mean_ratio:
+                    typer.echo(f"{n:>4} {0:>5} (no accurate network)")
+                    continue
                 typer.echo(
-                    f"{n:>4} {res.accurate_networks:>5} {mean:>7.4f} {med:>7.4f} "
+                    f"{n:>4} {res.accurate_networks:>5} {res.mean_ratio[0]:>7.4f} "
+                    f"{res.median_ratio[0]:>7.4f} {res.mean_abs_cos[0]:>7.4f} "
+                    f"{sum(res.mean_ratio) / len(res.mean_ratio):>7.4f} "
                     f"{res.sqrt_2_over_n:>9.4f} {res.gaussian_mean:>7.4f} "
                     f"{res.qr_fraction_mean:>7.4f}"
                 )
-            typer.echo("(mean/median at the middle lambda; every lambda in --json)")
+            typer.echo(
+                "(ratio at x itself, lambda = 0, over the networks; 'all lam': mean over the "
+                "ten points x + lambda (x' - x); every lambda in --json)"
+            )
         if json_out is not None:
             json_out.write_text(json.dumps(out, indent=1))
             typer.echo(f"wrote {json_out}")
@@ -114,4 +119,11 @@ def _print_linear(res: dict[str, Any]) -> None:
         typer.echo(
             f"{i:>4} {r['predicted_fraction']:>9.4f} {r['measured_median']:>9.4f} "
             f"{r['abs_cos_theta1']:>9.4f} {r['abs_cos_theta2']:>9.4f}"
+        )
+    if res["runs"]:
+        rho = res["spearman_predicted_measured"]
+        typer.echo(
+            f"mean {res['mean_predicted_fraction']:>9.4f} {res['mean_measured_median']:>9.4f} "
+            f"{res['mean_abs_cos_theta1']:>9.4f} {res['mean_abs_cos_theta2']:>9.4f}   "
+            f"Spearman(fraction, measured) = {'n/a' if rho is None else f'{rho:.3f}'}"
         )

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from featrob_compression.geometry import gaussian_ratio_mean, projection_ratio
+from featrob_compression.geometry import cosine, gaussian_ratio_mean, projection_ratio
 
 #: Enumerate every sign vector up to this many points, sample above it.
 MAX_POINTS = 4096
@@ -255,6 +255,15 @@ def linear_experiment(
             )
     rows = [asdict(v) for v in valid]
     mean = lambda key: sum(r[key] for r in rows) / len(rows) if rows else None  # noqa: E731
+    rho = None
+    if len(rows) >= 3:
+        from scipy.stats import spearmanr
+
+        rho = float(
+            spearmanr(
+                [r["predicted_fraction"] for r in rows], [r["measured_median"] for r in rows]
+            )[0]
+        )
     return {
         "n": n,
         "runs": rows,
@@ -265,6 +274,7 @@ def linear_experiment(
         "mean_measured_median": mean("measured_median"),
         "mean_abs_cos_theta1": mean("abs_cos_theta1"),
         "mean_abs_cos_theta2": mean("abs_cos_theta2"),
+        "spearman_predicted_measured": rho,
     }
 
 
@@ -279,6 +289,7 @@ class ReluResult:
     lambdas: list[float]
     mean_ratio: list[float]
     median_ratio: list[float]
+    mean_abs_cos: list[float]
     sqrt_2_over_n: float
     gaussian_mean: float
     qr_fraction_mean: float
@@ -304,11 +315,13 @@ def relu_experiment(
     A network is accurate when it fits its training points (100%) and classifies at least
     ``min_test_accuracy`` of fresh points correctly. Its ratio at each ``lam`` is the mean
     over ``test_points`` held-out pairs; the result holds the mean and the median of that
-    over the accurate networks.
+    over the accurate networks, and the mean of ``|cos(grad g, x' - x)|`` (the part of
+    the span that decides between the two classes).
     """
     gen = torch.Generator().manual_seed(seed)
     lam = torch.linspace(0, 1, lambdas, dtype=torch.float64)
     per_net: list[Tensor] = []
+    per_net_cos: list[Tensor] = []
     fractions: list[Tensor] = []
     attempts = 0
     while len(per_net) < networks and attempts < max_attempts:
@@ -327,17 +340,19 @@ def relu_experiment(
         flipped[:, -1] *= -1
         x2, _ = _data(h, flipped)
         d = x2 - xt  # [R, M, n]
-        ratios = []
+        ratios, coss = [], []
         for lv in lam.tolist():  # ten interpolation points, each batched over nets and pairs
             grads = nets.class_gradients(xt + lv * d)  # [R, M, 2, n]
-            r = projection_ratio(
-                grads[:, :, 0].reshape(-1, n), grads[:, :, 1].reshape(-1, n), d.reshape(-1, n)
-            )
+            g1, g2 = grads[:, :, 0].reshape(-1, n), grads[:, :, 1].reshape(-1, n)
+            r = projection_ratio(g1, g2, d.reshape(-1, n))
             ratios.append(r.view(batch, -1).mean(1))
+            coss.append(cosine(g1 - g2, d.reshape(-1, n)).abs().view(batch, -1).mean(1))
         ratio = torch.stack(ratios, 1)  # [R, lambdas]
+        abs_cos = torch.stack(coss, 1)
         good = (acc == 1.0) & (test_acc >= min_test_accuracy)
         keep = torch.nonzero(good).squeeze(1)[: networks - len(per_net)]
         per_net.extend(ratio[keep])
+        per_net_cos.extend(abs_cos[keep])
         fractions.append(qr_prediction(h[keep])[0])
     stack = torch.stack(per_net) if per_net else torch.empty(0, lambdas, dtype=torch.float64)
     frac = torch.cat(fractions) if fractions else torch.empty(0, dtype=torch.float64)
@@ -348,6 +363,7 @@ def relu_experiment(
         lambdas=[round(v, 4) for v in lam.tolist()],
         mean_ratio=stack.mean(0).tolist() if len(stack) else [],
         median_ratio=stack.median(0).values.tolist() if len(stack) else [],
+        mean_abs_cos=torch.stack(per_net_cos).mean(0).tolist() if per_net_cos else [],
         sqrt_2_over_n=math.sqrt(2 / n),
         gaussian_mean=gaussian_ratio_mean(n),
         qr_fraction_mean=float(frac.mean()) if len(frac) else math.nan,
