@@ -22,6 +22,7 @@ from featrob_compression.quantities import PAIR_FIELDS, pair_quantities
 
 if TYPE_CHECKING:
     from featrob.context import RunContext
+    from featrob.store import StoreEntry
 
 #: Per-pair arrays besides :data:`PAIR_FIELDS`: the minimal perturbations found.
 ATTACK_FIELDS = ("delta_target",)
@@ -50,7 +51,11 @@ class PairTable:
     from_store: int = 0
 
 
-def _store_entry(ctx: RunContext, mode: str, points: int, attack: MinimumNormAttack, untargeted):
+def _store_entry(
+    ctx: RunContext, mode: str, points: int, attack: MinimumNormAttack, untargeted: bool
+) -> StoreEntry | None:
+    """The store entry of this model, data, pairing and attack (None without a store). The
+    evaluated set is not part of the key: rows hold the partner, checked on reading."""
     if ctx.store is None:
         return None
     return ctx.store.entry(
