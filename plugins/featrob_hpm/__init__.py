@@ -1,0 +1,12 @@
+"""featrob plugin ``hpm`` (Wang, "Sensitivity as a Double-Edged Sword", paper 002): in
+progress, not yet registered as a plugin.
+
+Landed so far: :mod:`featrob_hpm.sensitivity` (eqs. 3-5, condition (8), the isotropic CDF of
+eq. 29 checked against Monte Carlo). The L2 and HPM heads, IKL fine-tuning, the empirical
+angle model and the Mixed Surrogate Attack protocol follow; the entry point is added when
+the plugin can run end to end.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.0.1"
