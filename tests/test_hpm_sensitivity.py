@@ -96,3 +96,54 @@ def test_isotropic_cdf_matches_scipy_double_integral_of_eq_28(d):
             lambda t, x=x: min(x * math.sin(t), 1 - 1e-15),
         )
         assert isotropic_cdf(x, d)[0] == pytest.approx(value, abs=1e-7)
+
+
+def _sample_mixture(n, alpha, pos, neg, rng):
+    from scipy.stats import truncnorm
+
+    def draw(m, mu, sigma):
+        return truncnorm.rvs(
+            -mu / sigma, (np.pi - mu) / sigma, loc=mu, scale=sigma, size=m, random_state=rng
+        )
+
+    k = round(alpha * n)
+    return np.concatenate([draw(k, *pos), draw(n - k, *neg)])
+
+
+def test_truncated_normal_fit_recovers_its_parameters():
+    from featrob_hpm.sensitivity import fit_truncated_normal
+
+    rng = np.random.default_rng(3)
+    for mu, sigma in ((1.17, 0.097), (1.57, 0.053), (0.2, 0.3)):  # 67 deg, 90 deg, near 0
+        x = _sample_mixture(20000, 1.0, (mu, sigma), (1.0, 1.0), rng)
+        fit = fit_truncated_normal(x)
+        assert fit == pytest.approx((mu, sigma), rel=0.03, abs=0.01)
+
+
+def test_empirical_model_matches_monte_carlo_of_eq_12_angles():
+    """Eq. 13 with the paper's ResNet-50 statistics (FC: 66.81 +- 5.56 deg positives,
+    90.01 +- 3.02 deg negatives; L2 head: 74.3 +- 7.9 and 101.3 +- 4.3) against sampling."""
+    from featrob_hpm.sensitivity import empirical_cdf_model
+
+    deg = np.pi / 180
+    fc = (0.1, (66.81 * deg, 5.56 * deg), (90.01 * deg, 3.02 * deg))
+    l2 = (0.1, (74.3 * deg, 7.9 * deg), (101.3 * deg, 4.3 * deg))
+    rng = np.random.default_rng(4)
+    theta_c = _sample_mixture(40000, *fc, rng)
+    theta_d = rng.permutation(_sample_mixture(40000, *l2, rng))
+    ratio = np.sort(np.abs(np.cos(theta_c)) / np.abs(np.sin(theta_d)))
+    n = len(ratio)
+    idx = np.unique(np.linspace(0, n - 1, 2001).astype(int))  # KS on 2,000 sample quantiles
+    model = empirical_cdf_model(ratio[idx], fc, l2)
+    ks = max(np.max((idx + 1) / n - model), np.max(model - idx / n))
+    assert ks < 0.01
+
+
+def test_class_angles_split_positive_and_negative():
+    from featrob_hpm.sensitivity import class_angles
+
+    feats = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    refs = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos, neg = class_angles(feats, refs, torch.tensor([0, 1, 0]))
+    assert pos.tolist() == pytest.approx([0.0, 0.0, np.pi / 4])
+    assert neg.tolist() == pytest.approx([np.pi / 2, np.pi / 2, np.pi / 4])

@@ -124,3 +124,86 @@ def monte_carlo_ratio(n: int, d: int, gen: torch.Generator) -> np.ndarray:
     cos_d = random_directions(n, d, gen) @ e1
     sin_d = (1 - cos_d**2).clamp(min=0).sqrt()
     return (cos_c.abs() / sin_d).numpy()
+
+
+# ---------------------------------------------------------------------- empirical model
+def class_angles(features: Tensor, refs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Angles (radians) between features ``[N, D]`` and class reference vectors ``[K, D]``
+    (FC weight columns as rows, or L2 prototypes): ``(positive [N], negative [N*(K-1)])``,
+    positive = own class, negative = every other class (Sec. 3.4)."""
+    f = features.reshape(len(features), -1).to(torch.float64)
+    r = refs.to(torch.float64)
+    cos = (f @ r.T) / (f.norm(dim=1, keepdim=True) * r.norm(dim=1)[None]).clamp(min=1e-300)
+    theta = torch.arccos(cos.clamp(-1.0, 1.0))
+    own = torch.nn.functional.one_hot(labels.long(), r.shape[0]).bool()
+    return theta[own], theta[~own]
+
+
+def _truncnorm_logpdf(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    from scipy.stats import norm
+
+    mass = norm.cdf((np.pi - mu) / sigma) - norm.cdf(-mu / sigma)
+    return norm.logpdf((x - mu) / sigma) - math.log(sigma) - math.log(max(mass, 1e-300))
+
+
+def fit_truncated_normal(angles: np.ndarray) -> tuple[float, float]:
+    """Maximum-likelihood ``(mu, sigma)`` of a normal truncated to [0, pi] (eq. 12's ``t``)."""
+    from scipy.optimize import minimize
+
+    x = np.asarray(angles, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        raise ValueError("need at least two finite angles to fit a truncated normal")
+    start = np.array([x.mean(), math.log(max(x.std(), 1e-3))])
+    res = minimize(
+        lambda p: -_truncnorm_logpdf(x, p[0], math.exp(p[1])).sum(),
+        start,
+        method="Nelder-Mead",
+        options={"xatol": 1e-8, "fatol": 1e-8, "maxiter": 4000},
+    )
+    return float(res.x[0]), float(math.exp(res.x[1]))
+
+
+def _truncnorm_cdf(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    from scipy.stats import norm
+
+    lo, hi = norm.cdf(-mu / sigma), norm.cdf((np.pi - mu) / sigma)
+    return np.clip((norm.cdf((np.clip(x, 0, np.pi) - mu) / sigma) - lo) / (hi - lo), 0, 1)
+
+
+def _truncnorm_pdf(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    inside = (x >= 0) & (x <= np.pi)
+    return np.where(inside, np.exp(_truncnorm_logpdf(x, mu, sigma)), 0.0)
+
+
+def mixture_cdf(x: np.ndarray, alpha: float, pos: tuple[float, float], neg: tuple[float, float]):
+    """CDF of eq. 12's angle density ``alpha t(mu+, sigma+) + (1 - alpha) t(mu-, sigma-)``."""
+    return alpha * _truncnorm_cdf(x, *pos) + (1 - alpha) * _truncnorm_cdf(x, *neg)
+
+
+def mixture_pdf(x: np.ndarray, alpha: float, pos: tuple[float, float], neg: tuple[float, float]):
+    """Eq. 12's angle density."""
+    return alpha * _truncnorm_pdf(x, *pos) + (1 - alpha) * _truncnorm_pdf(x, *neg)
+
+
+def empirical_cdf_model(
+    x: np.ndarray | float,
+    fc: tuple[float, tuple[float, float], tuple[float, float]],
+    l2: tuple[float, tuple[float, float], tuple[float, float]],
+    nodes: int = 4 * QUADRATURE_NODES,
+) -> np.ndarray:
+    """Eq. 13: ``P(|cos theta_c| / |sin theta_d| <= x)`` with the angle densities of eq. 12.
+
+    ``fc`` and ``l2`` are ``(alpha, (mu+, sigma+), (mu-, sigma-))`` of the two heads. The
+    inner integral of eq. 13 is, after ``y = cos theta``, the probability that ``theta_c``
+    lies in ``[arccos a, pi - arccos a]`` with ``a = min(x sin t, 1)``: a difference of the
+    mixture's CDF (closed form, derived here); the outer integral over ``t = theta_d``
+    folded onto [0, pi/2] is Gauss-Legendre quadrature (1,024 nodes by default: the fitted
+    densities can be a few degrees wide), vectorised over ``x``.
+    """
+    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    t, wts = _gauss_legendre(np.zeros_like(x), np.full_like(x, np.pi / 2), nodes)
+    outer = mixture_pdf(t, *l2) + mixture_pdf(np.pi - t, *l2)
+    a = np.arccos(np.minimum(x[:, None] * np.sin(t), 1.0))
+    inner = mixture_cdf(np.pi - a, *fc) - mixture_cdf(a, *fc)
+    return np.clip((wts * outer * inner).sum(1), 0.0, 1.0)
