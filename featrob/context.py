@@ -217,6 +217,20 @@ class RunContext:
             model.fingerprint(),
         )
 
+    def compared(self, spec: str) -> RunContext:
+        """:meth:`variant` for a metric's ``compare`` option: a checkpoint path (``.pt``,
+        ``.pth``, ``.ckpt``) or a training method name."""
+        spec = str(spec)
+        if spec.endswith((".pt", ".pth", ".ckpt")):
+            return self.variant(weights=spec)
+        return self.variant(method=spec)
+
+    @property
+    def model_label(self) -> str:
+        """How comparison tables name the run's model: its training method, or "run model"
+        for a checkpoint given with ``--weights``."""
+        return "run model" if self.config.weights else self.config.train.method
+
     # ------------------------------------------------------------------ features
     def features(
         self, layer: str = "features", perturbation: Attack | str | None = None

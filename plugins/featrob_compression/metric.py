@@ -108,13 +108,9 @@ class FeatureCompression(Metric):
         result = self.analyse_model(ctx)
         compare = self.options["compare"]
         if compare:
-            other_ctx = (
-                ctx.variant(weights=compare)
-                if str(compare).endswith((".pt", ".pth", ".ckpt"))
-                else ctx.variant(method=str(compare))
-            )
+            other_ctx = ctx.compared(compare)
             other = self.analyse_model(other_ctx)
-            this_label = "run model" if ctx.config.weights else ctx.config.train.method
+            this_label = ctx.model_label
             rows = [
                 {"model": this_label, **{k: result.summary.get(k) for k in COMPARED_KEYS}},
                 {"model": str(compare), **{k: other.summary.get(k) for k in COMPARED_KEYS}},

@@ -63,7 +63,7 @@ def _store_entry(
             "model": ctx.model_fingerprint,
             **ctx.data_key,
             "kind": "compression-pairs",
-            "version": 2,
+            "version": 3,
             "pairs": mode,
             "path_points": points,
             "attack": attack.spec(),
@@ -107,7 +107,6 @@ def compute_pairs(
     names = (*PAIR_FIELDS, *ATTACK_FIELDS)
     rows: dict[str, np.ndarray] = {n: np.full((len(indices), slots), np.nan) for n in names}
     rows["delta_untargeted"] = np.full(len(indices), np.nan)
-    rows["pred"] = np.full(len(indices), -1, dtype=np.int64)
     todo = np.ones(len(indices), dtype=bool)
     if entry is not None:
         have = np.isin(indices, entry.indices())
@@ -115,7 +114,7 @@ def compute_pairs(
             pos = np.flatnonzero(have)
             stored = entry.read(indices[pos])
             same = (stored["partner"] == partner_idx[pos]).all(1)
-            for name in (*names, "delta_untargeted", "pred"):
+            for name in (*names, "delta_untargeted"):
                 rows[name][pos[same]] = stored[name][same]
             todo[pos[same]] = False
     from_store = int((~todo).sum())
@@ -133,7 +132,7 @@ def compute_pairs(
                 entry.write(
                     indices[pos],
                     partner=partner_idx[pos],
-                    **{name: rows[name][pos] for name in (*names, "delta_untargeted", "pred")},
+                    **{name: rows[name][pos] for name in (*names, "delta_untargeted")},
                 )
             bar.advance(len(pos))
 
@@ -142,7 +141,7 @@ def compute_pairs(
     y2 = labels.numpy()[partner_np[sample, slot]]
     values = {name: rows[name][sample, slot] for name in names}
     values["delta_untargeted"] = rows["delta_untargeted"][sample]
-    correct = rows["pred"][sample] == y
+    correct = ctx.features("logits").correct.numpy()[sample]  # clean logits, from the store
     return PairTable(
         sample=sample,
         partner=partner_np[sample, slot],
@@ -187,10 +186,8 @@ def _batch(
         arr = np.full((b, slots), np.nan)
         arr[sample_rep.numpy(), slot.numpy()] = value.numpy()
         out[name] = arr
-    xs, ys = x_all[pos_t].to(device), labels[pos_t].to(device)
-    with torch.no_grad():
-        out["pred"] = model(xs).argmax(1).cpu().numpy().astype(np.int64)
     if untargeted:
+        xs, ys = x_all[pos_t].to(device), labels[pos_t].to(device)
         # a targeted success is an untargeted one too: the smallest perturbation found for
         # the sample is the smaller of the two searches (FAB's untargeted walk follows the
         # closest linearised boundary and sometimes ends farther than a targeted run)

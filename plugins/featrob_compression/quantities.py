@@ -78,11 +78,6 @@ def class_gradients(
     return logits.detach(), grads
 
 
-def _diff_cotangent(y: Tensor, y2: Tensor, k: int, dtype: torch.dtype) -> Tensor:
-    eye = torch.eye(k, dtype=dtype, device=y.device)
-    return eye[y] - eye[y2]
-
-
 def path_points(x: Tensor, x2: Tensor, points: int) -> Tensor:
     """``[B * points, ...]``: ``x + t (x2 - x)`` at the midpoints ``t = (k + 1/2) / points``,
     the points of sample b contiguous."""
@@ -136,7 +131,7 @@ def pair_quantities(
         sl = slice(start, start + per)
         pts = path_points(x[sl], x2[sl], points)
         rep = lambda t: t.repeat_interleave(points, 0)  # noqa: E731
-        cot = _diff_cotangent(rep(y[sl]), rep(y2[sl]), k, logits.dtype)
+        cot = rep(eye[y[sl]] - eye[y2[sl]])
         _, (grad_t,) = class_gradients(forward, pts, [cot])
         gt = grad_t.reshape(len(pts), -1).to(torch.float64)
         dt = rep(d_flat[sl])

@@ -101,13 +101,9 @@ class ScaleSections(Metric):
         result = self.analyse_model(ctx, perturbations, skipped)
         compare = self.options["compare"]
         if compare:
-            other_ctx = (
-                ctx.variant(weights=compare)
-                if str(compare).endswith((".pt", ".pth", ".ckpt"))
-                else ctx.variant(method=str(compare))
-            )
+            other_ctx = ctx.compared(compare)
             other = self.analyse_model(other_ctx, perturbations, skipped)
-            this_label = "run model" if ctx.config.weights else ctx.config.train.method
+            this_label = ctx.model_label
             p_labels = [label for label, _ in perturbations]
             rows = [
                 comparison_row(this_label, ctx, result, p_labels),
