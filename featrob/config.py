@@ -39,6 +39,8 @@ class TrainConfig:
         augment: random crop (pad 4 for >= 28 px, 1 otherwise) and horizontal flip for
             3-channel images.
         n_per_class: train on a balanced subset.
+        trainable: ``"all"`` parameters, or only the ``"head"`` on a frozen backbone (the
+            backbone stays in eval mode, so its batch-norm statistics do not move either).
         method_options: extra options for the training method.
     """
 
@@ -55,6 +57,7 @@ class TrainConfig:
     trades_beta: float = 6.0
     augment: bool = False
     n_per_class: int | None = None
+    trainable: str = "all"
     method_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -256,6 +259,8 @@ def _validate(cfg: RunConfig) -> RunConfig:
     for name, options in cfg.metrics.items():
         if not isinstance(options, dict):
             raise ConfigError(f"config key 'metrics.{name}' must be a table of options")
+    if cfg.train.trainable not in ("all", "head"):
+        raise ConfigError(f"train.trainable must be 'all' or 'head', got {cfg.train.trainable!r}")
     if cfg.train.epochs is not None and cfg.train.epochs <= 0:
         raise ConfigError(f"train.epochs must be positive, got {cfg.train.epochs}")
     return cfg

@@ -8,8 +8,10 @@ progress) is shared.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
+import types
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -93,6 +95,11 @@ def train(
 ) -> TrainReport:
     """Train ``model`` in place on ``data.train`` with ``config.method``.
 
+    A head with an ``observe(z, y)`` method (EMA prototypes) gets each batch's clean features
+    and labels before the batch's loss (one extra forward pass without gradients, which does
+    not move batch-norm statistics). With ``config.trainable == "head"`` only the head's
+    parameters train and the backbone stays frozen in eval mode.
+
     Args:
         model: the model to train (moved to ``device``).
         data: needs a training split.
@@ -118,18 +125,33 @@ def train(
     model.to(device)
     method.start(model, data)
     params = [p for p in method.parameters(model) if p.requires_grad]
-    optimizer = _optimizer(config, params)
+    if config.trainable == "head":
+        in_head = {id(p) for p in model.head.parameters()}
+        params = [p for p in params if id(p) in in_head]
+    observe = getattr(model.head, "observe", None)
+    if not params and not callable(observe):
+        raise ConfigError(f"training method {method.name!r} has no parameter to train")
+    optimizer = _optimizer(config, params) if params else None
     steps_per_epoch = max(1, -(-len(split) // config.batch_size))
     total_steps = epochs * steps_per_epoch
-    scheduler = _scheduler(config, optimizer, total_steps)
+    scheduler = _scheduler(config, optimizer, total_steps) if optimizer else None
     gen = torch.Generator().manual_seed(derive_seed(seed, "train-shuffle"))
     report = TrainReport(method=method.name, epochs=epochs, duration_s=0.0)
     start = time.perf_counter()
-    with progress.bar(total_steps, f"train {method.name}") as bar:
+    frozen = frozen_backbone(model) if config.trainable == "head" else contextlib.nullcontext()
+    with progress.bar(total_steps, f"train {method.name}") as bar, frozen:
         for epoch in range(epochs):
             model.train()
             losses = []
             for x, y in _batches(split, config.batch_size, gen, device, config.augment):
+                if callable(observe):
+                    with torch.no_grad(), norm_statistics_frozen(model):
+                        observe(model.features(x), y)
+                if optimizer is None:  # a head with only EMA state: nothing to optimise
+                    with torch.no_grad():
+                        losses.append(method.loss(model, x, y).detach())
+                    bar.advance(1)
+                    continue
                 loss = method.loss(model, x, y)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -147,6 +169,47 @@ def train(
     model.eval()
     report.duration_s = time.perf_counter() - start
     return report
+
+
+@contextlib.contextmanager
+def frozen_backbone(model: FeatrobModel) -> Iterator[None]:
+    """Within the context the backbone takes no gradient step and stays in eval mode, even
+    when a training method calls ``model.train()`` (as adversarial methods do after
+    generating their examples); input gradients still flow through it."""
+    backbone = model.backbone
+    grads = [(p, p.requires_grad) for p in backbone.parameters()]
+    for p, _ in grads:
+        p.requires_grad_(False)
+    backbone.train = types.MethodType(
+        lambda self, mode=True: nn.Module.train(self, False), backbone
+    )
+    backbone.eval()
+    try:
+        yield
+    finally:
+        del backbone.train
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def norm_statistics_frozen(model: nn.Module) -> Iterator[None]:
+    """Batch-norm layers in train mode normalise with batch statistics but do not update
+    their running averages: an extra forward pass (the features a head observes) must not
+    count twice in them."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            tracked = m.num_batches_tracked
+            saved.append((m, m.momentum, None if tracked is None else tracked.clone()))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:

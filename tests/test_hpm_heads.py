@@ -1,17 +1,22 @@
-"""Paper 002's heads: the STE assignment, batch and EMA prototypes, the mixer, the L2 head."""
+"""Paper 002's heads: the STE assignment, batch and EMA prototypes, the mixer, the L2 head
+(core, with EMA prototypes), surrogates and BPDA through the hard assignment."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from featrob_hpm.heads import (
+    FCOracle,
     HPMHead,
-    L2Head,
+    SoftHybrid,
     batch_prototypes,
-    default_momentum,
-    neg_l2_logits,
+    hpm,
     ste_assignment,
 )
+
+from featrob.attacks.surrogate import BPDA
+from featrob.errors import ConfigError
+from featrob.models.heads import L2Head, default_momentum, l2, neg_l2_logits
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -53,7 +58,7 @@ def test_ema_update_initialises_then_averages_only_present_classes():
 
 
 def test_hpm_shapes_gradients_and_batch_dependence():
-    head = HPMHead(6, 5)
+    head = HPMHead(6, 5).train()
     head.observe(torch.randn(40, 6, generator=_gen(3)), torch.arange(40) % 5)
     assert tuple(head.mixer.weight.T.shape) == (12, 6)  # W_m in R^{2d x d}
     z = torch.randn(16, 6, generator=_gen(4), requires_grad=True)
@@ -70,7 +75,7 @@ def test_hpm_shapes_gradients_and_batch_dependence():
     [{"use_global": False}, {"mixer": "mean"}, {"metric": "dot"}, {"assignment": "soft"}],
 )
 def test_hpm_ablations_run(options):
-    head = HPMHead(6, 5, **options)
+    head = hpm(6, 5, **options)
     head.observe(torch.randn(40, 6, generator=_gen(5)), torch.arange(40) % 5)
     assert head(torch.randn(8, 6, generator=_gen(6))).shape == (8, 5)
 
@@ -97,5 +102,40 @@ def test_l2_head_logits_and_finite_gradient_at_a_prototype():
     ema.observe(torch.tensor([[1.0, 1, 1]]), torch.tensor([1]))
     assert ema.centers()[1].tolist() == [1.0, 1, 1]
     assert torch.allclose(neg_l2_logits(z.detach(), head.centers()), logits.detach())
-    with pytest.raises(ValueError, match="prototypes must be"):
-        L2Head(3, 2, prototypes="fixed")
+    with pytest.raises(ConfigError, match="prototypes"):
+        l2(3, 2, prototypes="fixed")
+    assert l2(3, 2, prototypes="ema", momentum=0.5).ema.momentum == 0.5
+
+
+def test_eval_assignment_is_hard_with_zero_gradient_and_bpda_restores_the_ste():
+    torch.manual_seed(0)
+    head = HPMHead(6, 4)
+    head.observe(torch.randn(40, 6, generator=_gen(9)), torch.arange(40) % 4)
+    model = torch.nn.Sequential(torch.nn.Identity(), head).eval()
+    z = torch.randn(12, 6, generator=_gen(10), requires_grad=True)
+    weights = torch.randn(12, 4, generator=_gen(11))
+    # gradient of the assignment path only: logits depend on z through C_batch's assignment
+    (g_eval,) = torch.autograd.grad((model(z) * weights).sum(), z)
+    (g_bpda,) = torch.autograd.grad((BPDA(model)(z) * weights).sum(), z)
+    head.train()
+    (g_ste,) = torch.autograd.grad((head(z) * weights).sum(), z)
+    head.eval()
+    assert torch.allclose(g_bpda, g_ste, atol=1e-6)  # BPDA = the training STE
+    assert not torch.allclose(g_eval, g_ste, atol=1e-4)  # hard arg-max: that path is cut
+    assert torch.equal(BPDA(model)(z), model(z))  # same forward values
+
+
+def test_surrogates_share_the_head_parameters():
+    head = HPMHead(6, 4)
+    head.observe(torch.randn(40, 6, generator=_gen(12)), torch.arange(40) % 4)
+    z = torch.randn(10, 6, generator=_gen(13))
+    assert torch.equal(FCOracle(head)(z), head.fc(z))
+    soft = SoftHybrid(head)(z)
+    soft_head = HPMHead(6, 4, assignment="soft")
+    soft_head.load_state_dict(head.state_dict())
+    assert torch.allclose(soft, soft_head(z))
+    assert not torch.allclose(soft, head(z))
+    with pytest.raises(ConfigError, match="mixer"):
+        hpm(6, 4, mixer="max")
+    with pytest.raises(ConfigError, match="unknown option"):
+        hpm(6, 4, scale=2)

@@ -19,5 +19,8 @@ def featrob_register_heads(register: Register) -> None:
     register(
         heads.l2,
         name="l2",
-        description="nearest-prototype head, logits = -||z - c_k|| (option: init)",
+        description=(
+            "nearest-prototype head, logits = -||z - c_k|| "
+            "(options: prototypes=learned|ema, init, momentum)"
+        ),
     )

@@ -61,24 +61,30 @@ class TradesTraining(TrainingMethod):
 
     def loss(self, model: FeatrobModel, x: Tensor, y: Tensor) -> Tensor:
         """TRADES objective."""
-        from featrob.attacks.base import project, steepest_direction
-
-        model.eval()
-        with torch.no_grad():
-            p_clean = F.softmax(model(x), dim=1)
-        delta = 0.001 * torch.randn_like(x)
-        step = 2.5 * self.eps / max(self.config.attack_steps, 1)
-        for _ in range(self.config.attack_steps):
-            delta.requires_grad_(True)
-            with torch.enable_grad():
-                kl = F.kl_div(F.log_softmax(model(x + delta), 1), p_clean, reduction="sum")
-                (grad,) = torch.autograd.grad(kl, delta)
-            delta = project(
-                delta.detach() + step * steepest_direction(grad, self.norm), self.eps, self.norm
-            )
-            delta = (x + delta).clamp(0, 1) - x
+        x_adv = kl_adversary(model, x, self.eps, self.norm, self.config.attack_steps)
         model.train()
         logits = model(x)
-        logits_adv = model(x + delta.detach())
+        logits_adv = model(x_adv)
         robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
         return F.cross_entropy(logits, y) + self.config.trades_beta * robust
+
+
+def kl_adversary(model: FeatrobModel, x: Tensor, eps: float, norm: str, steps: int) -> Tensor:
+    """TRADES' inner maximisation: ``x'`` maximising ``KL(f(x) || f(x'))`` by ``steps``
+    steepest-ascent steps of ``2.5 eps / steps`` from ``x + 0.001 N(0, I)``, in the eps ball
+    and the [0, 1] box. The model is left in eval mode (callers switch back to train)."""
+    from featrob.attacks.base import project, steepest_direction
+
+    model.eval()
+    with torch.no_grad():
+        p_clean = F.softmax(model(x), dim=1)
+    delta = 0.001 * torch.randn_like(x)
+    step = 2.5 * eps / max(steps, 1)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            kl = F.kl_div(F.log_softmax(model(x + delta), 1), p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, delta)
+        delta = project(delta.detach() + step * steepest_direction(grad, norm), eps, norm)
+        delta = (x + delta).clamp(0, 1) - x
+    return (x + delta).detach()
