@@ -181,25 +181,24 @@ class HPMHead(nn.Module):
         return f"in_features={self.in_features}, num_classes={self.num_classes}, {opts}"
 
 
-class FCOracle(nn.Module):
-    """Surrogate 1 of the MSA protocol: the HPM head's own FC logits."""
+class _HeadView(nn.Module):
+    """A surrogate head computing another function of an HPM head's parameters."""
 
     def __init__(self, head: HPMHead) -> None:
         super().__init__()
         self.hpm = head
         self.in_features, self.num_classes = head.in_features, head.num_classes
+
+
+class FCOracle(_HeadView):
+    """Surrogate 1 of the MSA protocol: the HPM head's own FC logits."""
 
     def forward(self, z: Tensor) -> Tensor:
         return self.hpm.fc_logits(z)
 
 
-class SoftHybrid(nn.Module):
+class SoftHybrid(_HeadView):
     """Surrogate 2 of the MSA protocol: the HPM head with ``P_soft`` in the forward pass."""
-
-    def __init__(self, head: HPMHead) -> None:
-        super().__init__()
-        self.hpm = head
-        self.in_features, self.num_classes = head.in_features, head.num_classes
 
     def forward(self, z: Tensor) -> Tensor:
         return self.hpm.logits_for(z, soft=True)

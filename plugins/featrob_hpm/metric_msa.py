@@ -103,6 +103,10 @@ class MixedSurrogateAttack(Metric):
 
         return make
 
+    @staticmethod
+    def _store_key(ctx: RunContext, model: FeatrobModel) -> dict[str, Any]:
+        return {"model": model.fingerprint(), **ctx.data_key, "amp": ctx.config.amp}
+
     def _run(self, ctx: RunContext, model: FeatrobModel, plans: list[Plan]) -> WorstCase:
         return worst_case(
             model,
@@ -113,7 +117,7 @@ class MixedSurrogateAttack(Metric):
             indices=ctx.indices,
             batch_size=ctx.config.batch_size,
             store=ctx.store,
-            store_key={"model": model.fingerprint(), **ctx.data_key, "amp": ctx.config.amp},
+            store_key=self._store_key(ctx, model),
             progress=ctx.progress,
         )
 
@@ -197,7 +201,7 @@ class MixedSurrogateAttack(Metric):
                     indices=ctx.indices,
                     batch_size=ctx.config.batch_size,
                     store=ctx.store,
-                    store_key={"model": model.fingerprint(), **ctx.data_key},
+                    store_key=self._store_key(ctx, model),
                     progress=ctx.progress,
                 )
                 row[f"{name}_clean"] = ev.clean_accuracy
