@@ -203,6 +203,14 @@ def add_train_command(
             bool, typer.Option("--augment", help="Random crops (and flips for colour images).")
         ] = False,
         head: HeadOpt = None,
+        init: Annotated[
+            Path | None,
+            typer.Option(
+                "--init",
+                help="Start from this checkpoint (e.g. fine-tune a new --head on its "
+                "backbone; with --set train.trainable=head the backbone stays frozen).",
+            ),
+        ] = None,
         data_root: DataRootOpt = None,
         download: DownloadOpt = False,
         device: DeviceOpt = None,
@@ -229,7 +237,12 @@ def add_train_command(
             quiet=quiet,
         )
         train_flags = _overrides(
-            method=method, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment
+            method=method,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            augment=augment,
+            init=str(init) if init is not None else None,
         )
         cfg = RunConfig.load(config, flags, set_)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train_flags))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -42,6 +43,9 @@ class TrainConfig:
         trainable: ``"all"`` parameters, or only the ``"head"`` on a frozen backbone (the
             backbone stays in eval mode, so its batch-norm statistics do not move either).
         method_options: extra options for the training method.
+        init: checkpoint to start from instead of a fresh initialisation (the backbone
+            must fit it; the head is loaded, adopted or fresh, see
+            :func:`featrob.models.warm_start`), e.g. to fine-tune a plug-in head.
     """
 
     method: str = "standard"
@@ -59,6 +63,29 @@ class TrainConfig:
     n_per_class: int | None = None
     trainable: str = "all"
     method_options: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+
+    def cache_key(self) -> dict[str, Any]:
+        """What determines the trained weights, for cache keys: every field, and for a warm
+        start the digest of the checkpoint file rather than only its path (``init`` is left
+        out when unset, so models cached before the field existed stay valid)."""
+        key = dataclasses.asdict(self)
+        init = key.pop("init")
+        if init is not None:
+            key["init"] = {"path": init, "sha256": file_digest(init)}
+        return key
+
+
+def file_digest(path: str | os.PathLike[str]) -> str | None:
+    """SHA-256 of a file's bytes (None when it cannot be read: the load will say why)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 @dataclass
@@ -263,6 +290,8 @@ def _validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"train.trainable must be 'all' or 'head', got {cfg.train.trainable!r}")
     if cfg.train.epochs is not None and cfg.train.epochs <= 0:
         raise ConfigError(f"train.epochs must be positive, got {cfg.train.epochs}")
+    if cfg.train.init is not None and not Path(cfg.train.init).is_file():
+        raise ConfigError(f"train.init: checkpoint not found: {cfg.train.init}")
     return cfg
 
 

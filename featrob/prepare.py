@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from featrob.config import RunConfig, TrainConfig, featrob_home
 from featrob.data import load_dataset
 from featrob.data.base import DatasetBundle
 from featrob.errors import ConfigError, ModelError
-from featrob.models import build_model, load_weights, save_checkpoint
+from featrob.models import build_model, load_weights, save_checkpoint, warm_start
 from featrob.models.base import FeatrobModel
 from featrob.plugins import PluginHost
 from featrob.progress import Reporter
@@ -96,7 +95,7 @@ def cached_model_path(config: RunConfig, data: DatasetBundle) -> Path:
         "data": data.spec,
         "data_fingerprint": data.fingerprint,
         "data_options": config.data_options,
-        "train": dataclasses.asdict(config.train),
+        "train": config.train.cache_key(),
         "eps": config.eps,
         "norm": config.norm,
         "seed": config.seed,
@@ -116,10 +115,16 @@ def fit(
     seed: int,
     progress: Reporter,
 ) -> dict[str, Any]:
-    """Train, then measure clean and PGD-20 accuracy; return the model card."""
+    """Train (from ``train_config.init`` when set), then measure clean and PGD-20 accuracy;
+    return the model card."""
     from featrob.attacks.pgd import PGD
+    from featrob.attacks.surrogate import bpda_hooks
     from featrob.training import accuracy, model_card, train
 
+    init = None
+    if train_config.init is not None:
+        init = warm_start(model, train_config.init)
+        progress.log(f"starting from {init['from']} (head {init['head']})")
     report = train(
         model,
         data,
@@ -138,7 +143,10 @@ def fit(
         test = test.balanced_subset(CARD_EVAL_PER_CLASS, seed)
     pgd = PGD(eps=card_eps, norm=card_norm, steps=20, seed=seed)
     clean = accuracy(model, test, device=device)
-    robust = accuracy(model, test, device=device, attack=pgd, seed=seed, progress=progress)
+    # A head with a non-differentiable part (HPM's hard assignment) is attacked through its
+    # BPDA substitute, else the card's PGD number would be an obfuscated, naive one.
+    with bpda_hooks(model) as substituted:
+        robust = accuracy(model, test, device=device, attack=pgd, seed=seed, progress=progress)
     card = model_card(
         model,
         data,
@@ -152,6 +160,10 @@ def fit(
         pgd_spec=pgd.spec(),
     )
     card["eval_n"] = len(test)
+    if substituted:
+        card["pgd"]["gradient"] = "bpda"
+    if init is not None:
+        card["init"] = init
     return card
 
 

@@ -3,6 +3,7 @@ loop, the MSA protocol and the two metrics on a tiny model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,32 @@ def test_mnist_pgd_cnn_with_an_hpm_head_under_the_msa_protocol(tmp_path):
         assert s[f"eps{eps}.hpm.msa_le_naive"] is True
         assert s[f"eps{eps}.hpm.clean"] > 0.9 and s[f"eps{eps}.fc.clean"] > 0.9
     assert results.metrics["hpm-sensitivity"].summary["condition8_violations"] == 0
+
+
+def test_cli_fine_tunes_an_hpm_head_from_a_checkpoint(tmp_path):
+    """The paper's plug-in use from the command line: train an FC model, then `featrob
+    train --init` it with an HPM head, IKL, backbone frozen; the HPM's FC starts from the
+    old head, the backbone stays bit-identical, the card's PGD goes through the STE."""
+    from typer.testing import CliRunner
+
+    from featrob.cli import create_app
+
+    app = create_app(lambda: PluginHost())
+    fc, hpm = tmp_path / "fc.pt", tmp_path / "hpm.pt"
+    small = ["--quiet", "--set", "train.n_per_class=20"]
+    result = CliRunner().invoke(app, ["train", "--epochs", "2", "--out", str(fc), *small])
+    assert result.exit_code == 0, result.output
+    args = ["train", "--init", str(fc), "--head", "hpm", "--method", "ikl", "--epochs", "1"]
+    sets = ["--set", "train.trainable=head", "--set", "train.attack_steps=2"]
+    result = CliRunner().invoke(app, [*args, *sets, "--out", str(hpm), *small])
+    assert result.exit_code == 0, result.output
+    card = json.loads(hpm.with_suffix(".json").read_text())
+    assert card["init"] == {"from": str(fc), "head": "adopted", "method": "standard"}
+    assert card["pgd"]["gradient"] == "bpda" and card["method"] == "ikl"
+    before = torch.load(fc, weights_only=True)["state_dict"]
+    after = torch.load(hpm, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, after[k]) for k, v in before.items() if k.startswith("backbone."))
+    assert not torch.equal(before["head.weight"], after["head.fc.weight"])  # it trained
+    assert "head.mixer.weight" in after
+    bad = CliRunner().invoke(app, [*args, "--init", str(tmp_path / "nope.pt"), "--out", str(hpm)])
+    assert bad.exit_code == 2 and "not found" in bad.stderr

@@ -13,7 +13,13 @@ from torch import nn
 from featrob.builtins.heads import featrob_register_heads
 from featrob.builtins.models import featrob_register_models
 from featrob.errors import ConfigError, ModelError, UnknownNameError
-from featrob.models import FeatrobModel, build_model, load_weights, save_checkpoint
+from featrob.models import (
+    FeatrobModel,
+    build_model,
+    load_weights,
+    save_checkpoint,
+    warm_start,
+)
 from featrob.models.heads import L2Head
 from featrob.registry import Registry
 
@@ -341,6 +347,62 @@ def test_original_network_state_dict(models, tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x), net(x), atol=1e-5)
+
+
+class _AdoptingHead(nn.Module):
+    """A head that, like HPM's, can start its linear part from a trained classifier."""
+
+    def __init__(self, d: int, k: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d, k)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, z):
+        return self.scale * self.fc(z)
+
+    @torch.no_grad()
+    def adopt_fc(self, linear: nn.Module) -> bool:
+        if linear.weight.shape != self.fc.weight.shape:
+            return False
+        self.fc.weight.copy_(linear.weight)
+        self.fc.bias.copy_(linear.bias)
+        return True
+
+
+def test_warm_start_loads_adopts_or_keeps_a_fresh_head(models, heads, tmp_path):
+    src = _build(models, "small-cnn", (1, 8, 8))
+    path = save_checkpoint(src, tmp_path / "m.pt", {"method": "pgd"})
+    x = torch.rand(3, 1, 8, 8)
+
+    def fresh(seed: int) -> FeatrobModel:
+        torch.manual_seed(seed)
+        return build_model("small-cnn", models, (1, 8, 8), K).eval()
+
+    same = fresh(1)
+    assert warm_start(same, path) == {"from": str(path), "head": "loaded", "method": "pgd"}
+    with torch.no_grad():
+        assert torch.equal(same(x), src(x))
+
+    adopting = fresh(2)
+    adopting = adopting.with_head(_AdoptingHead(adopting.num_features, K))
+    assert warm_start(adopting, path)["head"] == "adopted"
+    with torch.no_grad():
+        assert torch.allclose(adopting(x), src(x))  # scale 1: the adopted FC is the old head
+
+    l2 = fresh(3)
+    l2 = l2.with_head(L2Head(l2.num_features, K))
+    before = {k: v.clone() for k, v in l2.head.state_dict().items()}
+    assert warm_start(l2, path)["head"] == "fresh"
+    assert all(torch.equal(before[k], v) for k, v in l2.head.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(l2.features(x), src.features(x))  # the backbone always loads
+
+    other_k = build_model("small-cnn", models, (1, 8, 8), K - 1)
+    assert warm_start(other_k, path)["head"] == "fresh"
+    with pytest.raises(ModelError, match="do not fit the model"):
+        warm_start(build_model("mlp", models, (1, 8, 8), K), path)
+    with pytest.raises(ModelError, match="not found"):
+        warm_start(same, tmp_path / "missing.pt")
 
 
 def test_mismatch_and_bad_files(models, tmp_path):

@@ -107,3 +107,23 @@ def test_random_crop_flip_keeps_content():
     # each output is a shifted (maybe flipped) window of the zero-padded input: its pixels
     # come from the input or are zero
     assert torch.isin(out[0].flatten(), torch.cat([x[0].flatten(), torch.zeros(1)])).all()
+
+
+def test_adversarial_training_crafts_examples_through_bpda_substitutes():
+    """An eval-mode quantiser passes no gradient; the training attacks must differentiate
+    through its substitute (as they do through an HPM head's straight-through estimator)."""
+    from featrob.attacks.surrogate import InputQuantization
+    from featrob.builtins.training_methods import crafting, kl_adversary
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        InputQuantization(4), torch.nn.Flatten(), torch.nn.Linear(16, 3)
+    ).eval()
+    x = torch.rand(8, 1, 4, 4) * 0.2 + 0.4
+    x_adv = kl_adversary(model, x, 0.1, "linf", steps=5)
+    assert (x_adv - x).abs().amax() > 0.09  # reached the eps boundary, not the 0.001 start
+    y = model(x).argmax(1)
+    with crafting(model):
+        moved = PGD(eps=0.1, steps=5, random_start=False).perturb(model, x, y)
+    assert (moved - x).abs().amax() > 0.09
+    assert not PGD(eps=0.1, steps=5, random_start=False).perturb(model, x, y).ne(x).any()

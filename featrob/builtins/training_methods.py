@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
@@ -29,12 +31,26 @@ def _pgd(method: TrainingMethod, steps: int):
     return PGD(eps=method.eps, norm=method.norm, steps=steps, random_start=True)
 
 
+@contextlib.contextmanager
+def crafting(model: FeatrobModel) -> Iterator[None]:
+    """How adversarial training crafts its examples: the model in eval mode (the attack's
+    iterates must not move batch-norm statistics) and every module with a BPDA substitute
+    differentiated through it. An HPM head's hard assignment passes no gradient in eval
+    mode; through its substitute the attack sees the straight-through gradient the head
+    trains with. Callers switch back to train mode for the update."""
+    from featrob.attacks.surrogate import bpda_hooks
+
+    model.eval()
+    with bpda_hooks(model):
+        yield
+
+
 class PGDTraining(TrainingMethod):
     """Madry et al. (2018): cross-entropy on PGD adversarial examples.
 
-    Examples are generated with the model in eval mode (batch-norm statistics are not
-    polluted by the attack's iterates), then the update runs in train mode. PGD uses
-    ``attack_steps`` steps of 2.5 eps / steps from a random start.
+    Examples are crafted as :func:`crafting` says (eval mode, BPDA substitutes), then the
+    update runs in train mode. PGD uses ``attack_steps`` steps of 2.5 eps / steps from a
+    random start.
     """
 
     name: ClassVar[str] = "pgd"
@@ -43,9 +59,9 @@ class PGDTraining(TrainingMethod):
     def loss(self, model: FeatrobModel, x: Tensor, y: Tensor) -> Tensor:
         """Cross-entropy on adversarial inputs."""
         attack = _pgd(self, self.config.attack_steps)
-        model.eval()
         seeds = torch.randint(0, 2**62, (len(x),))
-        x_adv = attack.perturb(model, x, y, sample_seeds=seeds).detach()
+        with crafting(model):
+            x_adv = attack.perturb(model, x, y, sample_seeds=seeds).detach()
         model.train()
         return F.cross_entropy(model(x_adv), y)
 
@@ -72,19 +88,20 @@ class TradesTraining(TrainingMethod):
 def kl_adversary(model: FeatrobModel, x: Tensor, eps: float, norm: str, steps: int) -> Tensor:
     """TRADES' inner maximisation: ``x'`` maximising ``KL(f(x) || f(x'))`` by ``steps``
     steepest-ascent steps of ``2.5 eps / steps`` from ``x + 0.001 N(0, I)``, in the eps ball
-    and the [0, 1] box. The model is left in eval mode (callers switch back to train)."""
+    and the [0, 1] box, crafted as :func:`crafting` says. The model is left in eval mode
+    (callers switch back to train)."""
     from featrob.attacks.base import project, steepest_direction
 
-    model.eval()
-    with torch.no_grad():
-        p_clean = F.softmax(model(x), dim=1)
-    delta = 0.001 * torch.randn_like(x)
-    step = 2.5 * eps / max(steps, 1)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        with torch.enable_grad():
-            kl = F.kl_div(F.log_softmax(model(x + delta), 1), p_clean, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, delta)
-        delta = project(delta.detach() + step * steepest_direction(grad, norm), eps, norm)
-        delta = (x + delta).clamp(0, 1) - x
+    with crafting(model):
+        with torch.no_grad():
+            p_clean = F.softmax(model(x), dim=1)
+        delta = 0.001 * torch.randn_like(x)
+        step = 2.5 * eps / max(steps, 1)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            with torch.enable_grad():
+                kl = F.kl_div(F.log_softmax(model(x + delta), 1), p_clean, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, delta)
+            delta = project(delta.detach() + step * steepest_direction(grad, norm), eps, norm)
+            delta = (x + delta).clamp(0, 1) - x
     return (x + delta).detach()

@@ -1,4 +1,4 @@
-"""Building models from spec strings, swapping heads, saving and loading weights.
+"""Building models from spec strings and swapping heads (checkpoints: :mod:`.checkpoints`).
 
 Spec forms understood by :func:`build_model`:
 
@@ -7,10 +7,6 @@ Spec forms understood by :func:`build_model`:
   after the colon;
 * ``package.module:factory``: any importable callable returning an ``nn.Module``; it gets
   ``num_classes`` / ``input_shape`` if it has parameters of those names.
-
-Checkpoints written by :func:`save_checkpoint` are ``{"state_dict": ..., "featrob": card}``
-and load with ``torch.load(..., weights_only=True)``; :func:`load_weights` also takes a raw
-state_dict of the wrapped model or of the original, unwrapped network.
 """
 
 from __future__ import annotations
@@ -18,25 +14,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
-import os
-import pickle
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from featrob.errors import ConfigError, FeatrobError, ModelError, UnknownNameError
 from featrob.models._parts import check_problem
 from featrob.models.base import FeatrobModel, split_backbone_head
 from featrob.specs import split_spec
-
-#: Prefixes that wrappers add to state_dict keys (DataParallel, torch.compile).
-_PREFIXES = ("module.", "_orig_mod.")
-#: Keys under which training scripts commonly nest the state_dict.
-_NESTED = ("state_dict", "model_state_dict", "model", "net")
 
 
 def build_model(
@@ -240,146 +226,3 @@ def _call(func: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-# ------------------------------------------------------------------------ weights
-def save_checkpoint(model: FeatrobModel, path: str | os.PathLike[str], card: dict) -> Path:
-    """Write ``{"state_dict": ..., "featrob": card}`` loadable with ``weights_only=True``.
-
-    The card is round-tripped through JSON first (tuples become lists), so it must hold
-    only JSON values; tensors are moved to the CPU. The file is written atomically.
-
-    Raises:
-        ModelError: the card is not JSON-able or the file cannot be written.
-    """
-    try:
-        clean = json.loads(json.dumps(dict(card)))
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model card must hold only JSON values: {exc}") from None
-    path = Path(path)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": state, "featrob": clean}, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ModelError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    return path
-
-
-def load_weights(model: FeatrobModel, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load weights into ``model`` in place; return the checkpoint's card (or ``{}``).
-
-    Accepts a featrob checkpoint, a raw state_dict of the :class:`FeatrobModel`
-    (``backbone.*``, ``head.*``) or a raw state_dict of the original network (e.g. a
-    torchvision checkpoint with ``conv1.weight`` and ``fc.weight``): its head
-    (``model.arch["head_name"]``) maps to ``head.*`` and everything else to
-    ``backbone.*``. Leading ``module.`` (DataParallel) and ``_orig_mod.`` prefixes are
-    stripped. Only tensors and plain data are read (``weights_only=True``).
-
-    Raises:
-        ModelError: missing or unreadable file, or keys/shapes that do not fit the model
-            (one message listing missing and unexpected keys and shape mismatches).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelError(
-            f"torch cannot load {path} with weights_only=True ({_unpickler_detail(exc)}); "
-            "featrob reads only tensors and plain data: re-save the network's state_dict"
-        ) from None
-    except Exception as exc:
-        raise ModelError(f"cannot read weights file {path}: {_first_line(exc)}") from None
-
-    state, card = _unwrap(obj, path)
-    state = {_strip_prefixes(k): v for k, v in state.items()}
-    target = model.state_dict()
-    candidates = [state]
-    head_name = model.arch.get("head_name")
-    if head_name:
-        candidates.append(_map_original(state, head_name))
-    best = max(candidates, key=lambda c: len(c.keys() & target.keys()))  # first on ties
-    _check_fit(best, target, path)
-    model.load_state_dict(best, strict=True)
-    return dict(card) if isinstance(card, Mapping) else {}
-
-
-def _unpickler_detail(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for i, line in enumerate(lines):
-        if "WeightsUnpickler error" in line:
-            detail = line.split("WeightsUnpickler error:", 1)[-1].strip()
-            detail = detail or (lines[i + 1] if i + 1 < len(lines) else "unsupported content")
-            return detail.split(". ", 1)[0].rstrip(".")
-    return "it holds pickled Python objects, not just tensors"
-
-
-def _unwrap(obj: Any, path: Path) -> tuple[dict[str, Tensor], Any]:
-    """``(state_dict, card)`` from what torch.load returned."""
-    card: Any = {}
-    if isinstance(obj, Mapping):
-        if isinstance(obj.get("featrob"), Mapping):
-            card = obj["featrob"]
-        for key in _NESTED:
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and _all_tensors(inner):
-                return dict(inner), card
-        if obj and _all_tensors(obj):
-            return dict(obj), card
-    raise ModelError(
-        f"{path} holds no state_dict (got {type(obj).__name__}); expected a mapping of "
-        "parameter names to tensors or a featrob checkpoint"
-    )
-
-
-def _all_tensors(mapping: Mapping) -> bool:
-    return all(isinstance(k, str) and isinstance(v, Tensor) for k, v in mapping.items())
-
-
-def _strip_prefixes(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
-
-
-def _map_original(state: Mapping[str, Tensor], head_name: str) -> dict[str, Tensor]:
-    """Keys of the unwrapped network -> keys of the FeatrobModel."""
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if key.startswith(head_name + "."):
-            out["head." + key[len(head_name) + 1 :]] = value
-        else:
-            out["backbone." + key] = value
-    return out
-
-
-def _few(keys: list[str], n: int = 8) -> str:
-    shown = ", ".join(keys[:n])
-    return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
-def _check_fit(state: Mapping[str, Tensor], target: Mapping[str, Tensor], path: Path) -> None:
-    missing = sorted(target.keys() - state.keys())
-    unexpected = sorted(state.keys() - target.keys())
-    shapes = [
-        f"{k} (file {list(state[k].shape)}, model {list(target[k].shape)})"
-        for k in sorted(target.keys() & state.keys())
-        if state[k].shape != target[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_few(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es): {_few(shapes)}")
-    if problems:
-        raise ModelError(f"weights in {path} do not fit the model: " + "; ".join(problems))

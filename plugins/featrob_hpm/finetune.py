@@ -12,7 +12,6 @@ fine-tuning settings, so the next run loads it.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -64,10 +63,11 @@ def hpm_model(
     config = finetune_config(ctx.num_classes, loss, epochs)
     key = {
         "kind": "hpm-head",
+        "version": 2,  # 2: IKL's examples are crafted through the STE (BPDA), not in eval mode
         "base": ctx.model_fingerprint,
         **ctx.data_key,
         "head": head.options(),
-        "train": dataclasses.asdict(config),
+        "train": config.cache_key(),
         "eps": ctx.config.eps,
         "norm": ctx.config.norm,
         "seed": ctx.config.seed,
