@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -166,3 +167,87 @@ def test_a_failing_solver_falls_back_and_says_so(monkeypatch):
     monkeypatch.setattr(conflict, "cross_entropy_flow", broken)
     with pytest.raises(RuntimeError, match="every solver failed"):
         optimal_loss(graph)
+
+
+# ----------------------------------------------------------------------- the metric
+SMALL = {"per_class": 5, "projections": 2, "max_iter": 15, "eps_points": 6}
+
+
+def test_metric_curves_saturate_and_distances_never_exceed_the_midpoint(tmp_path):
+    from featrob_collision.metric import LayerCollisions
+
+    from featrob.testing import check_metric, make_context
+
+    ctx = make_context(store=tmp_path / "store")
+    result = check_metric(LayerCollisions, ctx, **SMALL)
+    s = result.summary
+    assert s["layers"] == "input, conv1, conv2, fc1, logits" and s["pairs"] == 25
+    half_max = float(result.arrays["half_input_distance"].max())
+    for layer in ("input", "conv1", "conv2", "fc1", "logits"):
+        assert s[f"{layer}.converged_share"] == 1.0
+        assert s[f"{layer}.distance.q90"] <= half_max + 1e-6
+        curve = [r for r in result.tables["curves"] if r["layer"] == layer]
+        ce = [r["cross_entropy"] for r in curve]
+        assert all(b >= a - 1e-9 for a, b in itertools.pairwise(ce))  # grows with eps
+        assert ce[-1] == pytest.approx(math.log(2))  # every pair collides at the last eps
+    assert set(result.figures) == {"optimal_cross_entropy", "optimal_zero_one", "fab_vs_collision"}
+
+    again = LayerCollisions(**SMALL).compute(make_context(store=tmp_path / "store"))
+    assert all(again.summary[f"{layer}.searched_pairs"] == 0 for layer in ("conv1", "logits"))
+    assert again.tables["curves"] == result.tables["curves"]
+
+
+def test_metric_resumes_after_a_failed_batch(tmp_path, monkeypatch):
+    from featrob_collision import distances
+    from featrob_collision.metric import LayerCollisions
+
+    from featrob.testing import make_context
+
+    options = {**SMALL, "layers": ["fc1"], "batch_searches": 10, "fab": False}
+    real, calls = distances.collision_search, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distances, "collision_search", flaky)
+    with pytest.raises(RuntimeError, match="killed"):
+        LayerCollisions(**options).compute(make_context(store=tmp_path / "s"))
+    monkeypatch.setattr(distances, "collision_search", real)
+    resumed = LayerCollisions(**options).compute(make_context(store=tmp_path / "s"))
+    assert resumed.summary["fc1.searched_pairs"] == 25 - 2 * 5  # two batches of 5 pairs kept
+    fresh = LayerCollisions(**options).compute(make_context())
+    assert fresh.tables["curves"] == resumed.tables["curves"]
+
+
+def test_without_projection_the_input_layer_is_the_half_distance():
+    from featrob_collision.metric import LayerCollisions
+
+    from featrob.testing import make_context
+
+    result = LayerCollisions(**SMALL, no_projection=True, layers=["input", "conv1"]).compute(
+        make_context()
+    )
+    half = np.sort(result.arrays["half_input_distance"])
+    s = result.summary
+    assert s["input.distance.median"] == pytest.approx(float(np.median(half)))
+    # conv1 has 256 > 64 input dimensions: no non-trivial collisions (paper, Figure 7)
+    assert s["conv1.distance.median"] == pytest.approx(float(np.median(half)), rel=1e-3)
+
+
+def test_metric_rejects_bad_options():
+    from featrob_collision.metric import LayerCollisions
+
+    from featrob.errors import ConfigError, UnknownNameError
+    from featrob.testing import make_context
+
+    with pytest.raises(ConfigError, match="unknown class 'cat'"):
+        LayerCollisions(classes=[0, "cat"]).compute(make_context())
+    with pytest.raises(ConfigError, match="eps"):
+        LayerCollisions(eps=[-1.0])
+    with pytest.raises(ConfigError, match="alpha and gamma"):
+        LayerCollisions(gamma=1.5)
+    with pytest.raises(UnknownNameError, match="conv1"):
+        LayerCollisions(**SMALL, layers=["conv11"]).compute(make_context())

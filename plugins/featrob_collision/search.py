@@ -51,10 +51,13 @@ class SearchConfig:
     Attributes:
         alpha: weight of the original pair after the first step (``alpha_1``; ``alpha_0 = 1``).
         gamma: decay of ``alpha`` per iteration.
-        max_iter: iterations at most (``N_max``).
+        max_iter: iterations of the algorithm (``N_max``), before polishing.
         tol: relative tolerance of both convergence tests and of a collision.
         box: ``(low, high)`` bounds every returned input respects, or None.
         dykstra_steps: alternating-projection rounds per iteration when ``box`` is set.
+        polish: extra iterations with ``alpha = 0`` (pure projections onto the linearised
+            constraint, a Gauss-Newton walk to the collision set) for searches that have not
+            converged after ``max_iter``, so their last iterates become collisions too.
     """
 
     alpha: float = 0.5
@@ -63,6 +66,7 @@ class SearchConfig:
     tol: float = 1e-4
     box: tuple[float, float] | None = None
     dykstra_steps: int = 20
+    polish: int = 5
 
 
 @dataclass
@@ -76,7 +80,7 @@ class Collisions:
         residual: ``||A f(x~) - A f(x~')||``.
         scale: ``||A f(x) - A f(x')||`` (residuals are judged relative to it).
         iterations: iterations run.
-        converged: both convergence tests passed before ``max_iter``.
+        converged: both convergence tests passed (polishing included).
     """
 
     x: Tensor
@@ -175,10 +179,11 @@ def collision_search(
         prev_obj[idx] = obj
         return done
 
-    for step in range(cfg.max_iter + 1):
+    total = cfg.max_iter + cfg.polish
+    for step in range(total + 1):
         if len(active) == 0:
             break
-        if step == cfg.max_iter:  # the last iterate needs only its values
+        if step == total:  # the last iterate needs only its values
             rows = None if projections is None else projections[which[active]]
             score(active, u, u2, _residual(f, u, u2, shape, rows))
             break
@@ -195,6 +200,8 @@ def collision_search(
         u, u2 = _project(g, g2, b, target, target2, cfg)
         iterations[active] += 1
         alpha = cfg.alpha if step == 0 else alpha * cfg.gamma
+        if step + 1 >= cfg.max_iter:
+            alpha = 0.0  # polishing: project the iterate itself
 
     dist = torch.maximum((best_u - x0).norm(dim=1), (best_u2 - x1).norm(dim=1))
     return Collisions(

@@ -1,0 +1,247 @@
+"""The ``collision`` metric: layer-by-layer collision distances and optimal-loss lower bounds
+(paper 003).
+
+For two classes, ``per_class`` samples each from the training split (the paper: digits 3 and
+7, 100 each, so 10^4 pairs), every layer (the input, each top-level block, the logits) and
+``projections`` Gaussian matrices ``A`` (``m x n_j``): the collision distance of every
+cross-class pair (Algorithm 1), then for each eps the optimal cross-entropy and 0-1 loss of
+the conflict graph ``d <= eps`` (Algorithm 2), averaged over the projections. With
+``no_projection`` the distance is Bhagoji et al.'s (``A = I``): wide layers give no
+non-trivial collisions (Figure 7). At the logits the curve is compared with the error the
+model actually has under FAB (L2) at each eps (Figure 5). Everything is L2.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from featrob.errors import ConfigError
+from featrob.metrics import Metric
+from featrob.options import bool_param, float_param, int_param
+from featrob.results import MetricResult
+from featrob_collision.curves import curve_figures, default_eps_grid, layer_curves, layer_summary
+from featrob_collision.distances import entry_key, layer_distances
+from featrob_collision.search import SearchConfig
+
+if TYPE_CHECKING:
+    from featrob.context import RunContext
+
+
+class LayerCollisions(Metric):
+    """Collision distances and optimal-loss curves, layer by layer.
+
+    Options (``defaults``):
+        classes (None): the two classes (indices or names); default the first two.
+        split ("train"): where the samples come from (the paper uses training samples).
+        per_class (100): samples per class (``per_class^2`` pairs).
+        layers ("all"): ``"all"`` (input, the model's layers, logits) or a list of names.
+        m (10): projection dimension; projections (10): matrices per layer (N).
+        no_projection (False): ``A = I`` (Bhagoji et al. 2023) instead of projections.
+        eps (None): the eps grid; default ``eps_points`` values up to the largest half
+            input distance of the pairs.
+        eps_points (20): size of the default grid.
+        solver ("auto"): cross-entropy solver (``flow``, ``clarabel``, ``scs``).
+        alpha (0.5), gamma (0.9), max_iter (50), tol (1e-4): Algorithm 1's settings.
+        box (False): keep colliding inputs in [0, 1].
+        batch_searches (512): searches (pairs x projections) per batch.
+        fab (True): FAB's error curve at the logits beside the collision curve.
+    """
+
+    name: ClassVar[str] = "collision"
+    description: ClassVar[str] = (
+        "layer-by-layer collision distances and optimal-loss lower bounds (paper 003)"
+    )
+    defaults: ClassVar[dict[str, Any]] = {
+        "classes": None,
+        "split": "train",
+        "per_class": 100,
+        "layers": "all",
+        "m": 10,
+        "projections": 10,
+        "no_projection": False,
+        "eps": None,
+        "eps_points": 20,
+        "solver": "auto",
+        "alpha": 0.5,
+        "gamma": 0.9,
+        "max_iter": 50,
+        "tol": 1e-4,
+        "box": False,
+        "batch_searches": 512,
+        "fab": True,
+    }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        o, n = self.options, self.name
+        for key, low in (("per_class", 1), ("m", 1), ("projections", 1), ("eps_points", 1)):
+            o[key] = int_param(n, key, o[key], low)
+        o["max_iter"] = int_param(n, "max_iter", o["max_iter"], 1)
+        o["batch_searches"] = int_param(n, "batch_searches", o["batch_searches"], 1)
+        for key in ("no_projection", "box", "fab"):
+            o[key] = bool_param(n, key, o[key])
+        for key in ("alpha", "gamma", "tol"):
+            o[key] = float_param(n, key, o[key], positive=True)
+        if not (o["alpha"] < 1 and o["gamma"] < 1):
+            raise ConfigError(f"{n}: alpha and gamma must lie in (0, 1)")
+        if o["solver"] not in ("auto", "flow", "clarabel", "scs"):
+            raise ConfigError(f"{n}: solver must be auto, flow, clarabel or scs")
+        if o["eps"] is not None:
+            grid = [float_param(n, "eps", e) for e in o["eps"]]
+            if not grid or any(e < 0 or e != e for e in grid):
+                raise ConfigError(f"{n}: eps must be a non-empty list of values >= 0")
+            o["eps"] = sorted(grid)
+
+    # ------------------------------------------------------------------ setup
+    def search_config(self) -> SearchConfig:
+        """Algorithm 1's settings from the options."""
+        o = self.options
+        return SearchConfig(
+            alpha=o["alpha"],
+            gamma=o["gamma"],
+            max_iter=o["max_iter"],
+            tol=o["tol"],
+            box=(0.0, 1.0) if o["box"] else None,
+        )
+
+    def pick_classes(self, ctx: RunContext) -> tuple[int, int]:
+        """The two classes, by index or name."""
+        chosen = self.options["classes"]
+        if chosen is None:
+            return 0, 1
+        if not isinstance(chosen, list | tuple) or len(chosen) != 2:
+            raise ConfigError(f"{self.name}: classes must be two classes, e.g. [3, 7]")
+        names = ctx.class_names
+        out = []
+        for c in chosen:
+            if isinstance(c, int) and 0 <= c < ctx.num_classes:
+                out.append(c)
+            elif str(c) in names:
+                out.append(names.index(str(c)))
+            else:
+                raise ConfigError(f"{self.name}: unknown class {c!r}; classes are {names}")
+        if out[0] == out[1]:
+            raise ConfigError(f"{self.name}: the two classes must differ")
+        return out[0], out[1]
+
+    def pick_layers(self, ctx: RunContext) -> list[str]:
+        """``input``, then the requested layers (resolved; unknown names fail with matches)."""
+        wanted = self.options["layers"]
+        if wanted == "all":
+            return ["input", *ctx.model.layers]
+        if isinstance(wanted, str):
+            wanted = [wanted]
+        return [name if name == "input" else ctx.model.resolve_layer(name) for name in wanted]
+
+    # ------------------------------------------------------------------ compute
+    def compute(self, ctx: RunContext) -> MetricResult:
+        """Distances at every layer, optimal-loss curves, FAB at the logits."""
+        o = self.options
+        ca, cb = self.pick_classes(ctx)
+        split = ctx.data.split(o["split"])
+        subset = split.balanced_subset(o["per_class"], ctx.config.seed)
+        pos_a = torch.nonzero(subset.labels == ca).flatten()
+        pos_b = torch.nonzero(subset.labels == cb).flatten()
+        if len(pos_a) == 0 or len(pos_b) == 0:
+            raise ConfigError(f"{self.name}: the {o['split']} split lacks class {ca} or {cb}")
+        xa, xb = subset.float_images(pos_a), subset.float_images(pos_b)
+        ia, ib = subset.indices[pos_a].numpy(), subset.indices[pos_b].numpy()
+        stride = int(split.indices.max()) + 1
+        pair_keys = (ia[:, None].astype(np.int64) * stride + ib[None, :]).reshape(-1)
+        half = (xa[:, None] - xb[None]).flatten(2).double().norm(dim=2).numpy().ravel() / 2
+        eps_grid = o["eps"] or default_eps_grid(half, o["eps_points"])
+        m = None if o["no_projection"] else o["m"]
+        cfg = self.search_config()
+        base = {
+            "model": ctx.model_fingerprint,
+            **ctx.data_key,
+            "split": o["split"],
+            "seed": ctx.config.seed,
+        }
+
+        rows, summary, warnings = [], {}, []
+        layers = self.pick_layers(ctx)
+        for layer in layers:
+            entry = (
+                None
+                if ctx.store is None
+                else ctx.store.entry(entry_key(base, layer, m, o["projections"], cfg))
+            )
+            dist = layer_distances(
+                ctx.model,
+                layer,
+                xa,
+                xb,
+                pair_keys,
+                m=m,
+                count=o["projections"],
+                seed=ctx.config.seed,
+                config=cfg,
+                batch_searches=o["batch_searches"],
+                device=ctx.device,
+                entry=entry,
+                progress=ctx.progress,
+            )
+            curve = layer_curves(dist, len(xa), len(xb), eps_grid, o["solver"])
+            rows += curve
+            for key, value in layer_summary(dist, curve).items():
+                summary[f"{layer}.{key}"] = value
+            if m is not None and dist.dim <= m:
+                warnings.append(
+                    f"layer {layer} has {dist.dim} <= m = {m} features: the projection is "
+                    "injective there (the distance is Bhagoji et al.'s)"
+                )
+        searched = sum(summary[f"{name}.searched_pairs"] for name in layers)
+        seconds = sum(summary[f"{name}.seconds"] for name in layers)
+        n_proj = 1 if m is None else o["projections"]
+        summary.update(
+            {
+                "classes": f"{ctx.class_names[ca]} vs {ctx.class_names[cb]}",
+                "pairs": int(len(pair_keys)),
+                "projections": n_proj,
+                "m": m,
+                "layers": ", ".join(layers),
+                "eps_max": eps_grid[-1],
+                "eps_points": len(eps_grid),
+                "search_seconds": round(seconds, 3),
+                "searches_per_second": round(searched * n_proj / seconds, 2) if seconds else None,
+                "saturation": float(np.log(2.0)),
+            }
+        )
+        fab = self.fab_curve(ctx, xa, xb, ca, cb, eps_grid) if o["fab"] else None
+        if fab is not None:
+            summary["fab.clean_error"] = fab["error"][0] if fab["eps"][0] == 0 else None
+            summary["fab.median_norm"] = fab["median_norm"]
+        return MetricResult(
+            summary=summary,
+            tables={"curves": rows},
+            arrays={"pair_keys": pair_keys, "half_input_distance": half},
+            figures=curve_figures(rows, fab),
+            warnings=warnings,
+        )
+
+    def fab_curve(
+        self, ctx: RunContext, xa: torch.Tensor, xb: torch.Tensor, ca: int, cb: int, eps: list
+    ) -> dict[str, Any]:
+        """The model's error under untargeted FAB (L2) at each eps, on the pairs' samples."""
+        x = torch.cat([xa, xb]).to(ctx.device)
+        y = torch.cat([torch.full((len(xa),), ca), torch.full((len(xb),), cb)]).to(ctx.device)
+        attack = ctx.make_attack("fab", eps=float(np.sqrt(x[0].numel())), norm="l2")
+        norms = []
+        for start in range(0, len(x), ctx.config.batch_size):
+            sl = slice(start, start + ctx.config.batch_size)
+            found = attack.minimize(ctx.model, x[sl], y[sl])
+            with torch.no_grad():
+                wrong = ctx.model(x[sl]).argmax(1) != y[sl]
+            norm = torch.where(found.success, found.norm, torch.full_like(found.norm, np.inf))
+            norms.append(torch.where(wrong, torch.zeros_like(norm), norm).cpu())
+        norm = torch.cat(norms).double().numpy()
+        grid = [0.0, *eps]
+        return {
+            "eps": grid,
+            "error": [float(np.mean(norm <= e)) for e in grid],
+            "median_norm": float(np.median(norm)),
+        }
