@@ -91,3 +91,13 @@ def test_compression_benchmark_quick_mode_runs(tmp_path: Path):
     assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "compression"
     assert payload["max_abs_difference_batched_vs_naive"] < 1e-4
     assert payload["samples_per_second_full"] > 0
+
+
+def test_collision_benchmark_quick_mode_runs(tmp_path: Path):
+    """The collision benchmark stays runnable and its paths agree."""
+    from benchmarks.collision import main
+
+    payload = main(["--quick", "--json", str(tmp_path / "bench.json")])
+    assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "collision"
+    assert payload["max_relative_distance_difference"] < 1e-3
+    assert payload["graph"]["max_abs_difference"] < 1e-4

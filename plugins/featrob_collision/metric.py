@@ -200,7 +200,7 @@ class LayerCollisions(Metric):
         summary.update(
             {
                 "classes": f"{ctx.class_names[ca]} vs {ctx.class_names[cb]}",
-                "pairs": int(len(pair_keys)),
+                "pairs": len(pair_keys),
                 "projections": n_proj,
                 "m": m,
                 "layers": ", ".join(layers),
