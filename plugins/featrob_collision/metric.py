@@ -162,7 +162,7 @@ class LayerCollisions(Metric):
             "seed": ctx.config.seed,
         }
 
-        rows, summary, warnings = [], {}, []
+        rows, summary, warnings, arrays = [], {}, [], {}
         layers = self.pick_layers(ctx)
         for layer in layers:
             entry = (
@@ -186,6 +186,8 @@ class LayerCollisions(Metric):
                 progress=ctx.progress,
             )
             curve = layer_curves(dist, len(xa), len(xb), eps_grid, o["solver"])
+            for key in ("distance", "objective", "residual"):
+                arrays[f"{layer}.{key}"] = dist.values[key]  # [pairs, projections]
             rows += curve
             for key, value in layer_summary(dist, curve).items():
                 summary[f"{layer}.{key}"] = value
@@ -218,7 +220,7 @@ class LayerCollisions(Metric):
         return MetricResult(
             summary=summary,
             tables={"curves": rows},
-            arrays={"pair_keys": pair_keys, "half_input_distance": half},
+            arrays={"pair_keys": pair_keys, "half_input_distance": half, **arrays},
             figures=curve_figures(rows, fab),
             warnings=warnings,
         )
