@@ -159,16 +159,21 @@ def cross_entropy_cvxpy(graph: ConflictGraph, solver: str = "clarabel") -> np.nd
     """Optimal ``q`` by cvxpy with an exponential-cone solver (``clarabel`` or ``scs``)."""
     import cvxpy as cp
 
+    out = np.ones(graph.n)
     if len(graph.edges) == 0:
-        return np.ones(graph.n)
-    q = cp.Variable(graph.n)
-    constraints = [q <= 1]
-    constraints.append(graph.incidence() @ q <= 1)
+        return out
+    # Vertices without edges keep q = 1; on the others q <= 1 follows from the edge
+    # constraints and q >= 0, so only the edge rows are passed (fewer redundant rows).
+    inc = graph.incidence()
+    used = np.flatnonzero(np.asarray(inc.sum(axis=0)).ravel() > 0)
+    q = cp.Variable(len(used))
+    constraints = [inc[:, used] @ q <= 1]
     problem = cp.Problem(cp.Minimize(-cp.sum(cp.log(q)) / graph.n), constraints)
     problem.solve(solver=solver.upper())
     if problem.status not in ("optimal", "optimal_inaccurate") or q.value is None:
         raise RuntimeError(f"cvxpy/{solver} ended with status {problem.status}")
-    return np.clip(np.asarray(q.value, dtype=float), 1e-12, 1.0)
+    out[used] = np.clip(np.asarray(q.value, dtype=float), 1e-12, 1.0)
+    return out
 
 
 def cross_entropy_flow(graph: ConflictGraph) -> np.ndarray:
