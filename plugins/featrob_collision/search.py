@@ -29,8 +29,7 @@ every returned pair collides and ``d <= ||x - x'|| / 2``. A search stops once th
 below ``tol`` and the objective falls by less than ``tol`` (relative), the paper's two tests.
 
 Everything runs on a batch of searches at once: one forward pass and ``m`` vector-Jacobian
-products (vmapped, ``is_grads_batched``) per iteration for all points, batched solves,
-converged searches leave the batch.
+products per iteration for all points, batched solves, converged searches leave the batch.
 """
 
 from __future__ import annotations
@@ -102,7 +101,9 @@ def projected_jacobian(f: Extractor, points: Tensor, rows: Tensor | None) -> tup
         points: ``[B, *shape]``.
         rows: per-point projection ``[B, m, n]``, or None for the identity (``m = n``).
 
-    The ``m`` vector-Jacobian products run as one vmapped backward pass.
+    The ``m`` vector-Jacobian products share one forward pass: one vmapped backward on a GPU,
+    a loop of ``m`` backward passes on a CPU (0.55 s vs 0.90 s at the logits of the MNIST
+    small CNN for 512 points, 1 thread; equal at other layers).
     """
     p = points.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -114,7 +115,14 @@ def projected_jacobian(f: Extractor, points: Tensor, rows: Tensor | None) -> tup
         else:
             cot = rows.transpose(0, 1).to(out.dtype)
             value = torch.einsum("bmn,bn->bm", rows.to(out.dtype), out)
-        (jac,) = torch.autograd.grad(out, p, grad_outputs=cot, is_grads_batched=True)
+        if p.device.type == "cuda":  # one vmapped backward pass: fastest on a GPU
+            (jac,) = torch.autograd.grad(out, p, grad_outputs=cot, is_grads_batched=True)
+        else:  # m backward passes through one graph: as fast or faster on a CPU (measured)
+            last = len(cot) - 1
+            rows_grad = [
+                torch.autograd.grad(out, p, c, retain_graph=k < last)[0] for k, c in enumerate(cot)
+            ]
+            jac = torch.stack(rows_grad)
     return value.detach(), jac.flatten(2).transpose(0, 1).detach()
 
 
