@@ -5,8 +5,11 @@ Side by side in one run, on the same model, pairs and projections:
 
 * ``batched``: :func:`collision_search` on every (pair, projection) search at once (one
   forward and one vmapped backward of ``m`` cotangents per iteration for all points);
-* ``per_pair``: the same function called once per search (``S = 1``), the loop a
-  researcher would write around a per-pair implementation;
+* ``naive``: the straightforward per-pair loop of the same algorithm
+  (:func:`naive_search`: one search at a time, each Jacobian row by its own backward pass,
+  a dense pseudo-inverse for the projection);
+* ``per_pair``: the batched function called once per search (``S = 1``): what batching
+  over searches alone buys;
 * ``raw``: the passes the search cannot avoid: for the mean iteration count of the batched
   run, one forward and ``m`` backward passes over all points.
 
@@ -45,6 +48,62 @@ def _searches(xa, xb, projections: int):
     x, xp = xa[ia].repeat(projections, 1, 1, 1), xb[ib].repeat(projections, 1, 1, 1)
     which = torch.arange(projections).repeat_interleave(len(ia))
     return x, xp, which
+
+
+def naive_search(f, x: torch.Tensor, xp: torch.Tensor, a: torch.Tensor, cfg: SearchConfig):
+    """Algorithm 1 for one search, written the straightforward way: each Jacobian row by its
+    own backward pass of one input, the projection by a dense pseudo-inverse of the
+    ``m x 2 n0`` constraint matrix. Same schedule, tests and scoring as the batched code.
+    Returns the distance of the best colliding iterate."""
+    shape = x.shape
+    x0, x1 = x.flatten(), xp.flatten()
+
+    def values_and_rows(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inp = u.view(1, *shape).clone().requires_grad_(True)
+        y = a @ f(inp)[0]
+        rows = [
+            torch.autograd.grad(y[k], inp, retain_graph=True)[0].flatten() for k in range(len(y))
+        ]
+        return y.detach(), torch.stack(rows)
+
+    def project_values(u: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return a @ f(u.view(1, *shape))[0]
+
+    def objective(u: torch.Tensor, u2: torch.Tensor) -> float:
+        return float(((u - x0) ** 2).sum() + ((u2 - x1) ** 2).sum())
+
+    scale = float((project_values(x0) - project_values(x1)).norm())
+    u = u2 = (x0 + x1) / 2
+    best_u, best_u2, best = u, u2, objective(u, u2)
+    prev, alpha = best, 1.0
+    total = cfg.max_iter + cfg.polish
+    for step in range(total + 1):
+        if step == total:
+            res = float((project_values(u) - project_values(u2)).norm())
+        else:
+            fu, g = values_and_rows(u)
+            fu2, g2 = values_and_rows(u2)
+            res = float((fu - fu2).norm())
+        if step > 0:
+            obj = objective(u, u2)
+            ok = res <= cfg.tol * max(scale, 1e-12)
+            if ok and obj < best:
+                best_u, best_u2, best = u, u2, obj
+            if ok and prev - obj < cfg.tol * max(prev, 1e-12):
+                break
+            prev = obj
+        if step == total:
+            break
+        target = torch.cat([(1 - alpha) * u + alpha * x0, (1 - alpha) * u2 + alpha * x1])
+        m_mat = torch.cat([-g, g2], dim=1).double()
+        b = (g2 @ u2 - g @ u - (fu2 - fu)).double()
+        moved = target.double() - torch.linalg.pinv(m_mat) @ (m_mat @ target.double() - b)
+        u, u2 = moved.float().split(len(x0))
+        alpha = cfg.alpha if step == 0 else alpha * cfg.gamma
+        if step + 1 >= cfg.max_iter:
+            alpha = 0.0
+    return float(torch.maximum((best_u - x0).norm(), (best_u2 - x1).norm()))
 
 
 def flow_vs_cvxpy(vertices: int, seed: int = 0) -> dict[str, Any]:
@@ -124,6 +183,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                for i in range(len(x))]  # fmt: skip
         return torch.cat([r.distance for r in out]), torch.cat([r.iterations for r in out])
 
+    def naive():
+        return torch.tensor(
+            [naive_search(f, x[i], xp[i], mats[which[i]], cfg) for i in range(len(x))]
+        )
+
     reference = batched()
     iters = int(reference.iterations.float().mean().round())
 
@@ -136,10 +200,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 torch.autograd.grad((out * rows[:, k]).sum(), pts, retain_graph=k < args.m - 1)
 
     times, results = interleaved_times(
-        {"batched": batched, "per_pair": per_pair, "raw": raw}, args.repeats
+        {"batched": batched, "per_pair": per_pair, "naive": naive, "raw": raw}, args.repeats
     )
     looped_dist, _ = results["per_pair"]
     diff = (results["batched"].distance - looped_dist).abs() / looped_dist.clamp_min(1e-12)
+    naive_diff = (results["batched"].distance - results["naive"]).abs() / results[
+        "naive"
+    ].clamp_min(1e-12)
     graph = flow_vs_cvxpy(args.graph_vertices)
     payload = {
         "benchmark": "collision",
@@ -155,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mean_iterations": iters,
         "times_s": times,
         "per_pair_over_batched": times["per_pair"] / times["batched"],
+        "naive_over_batched": times["naive"] / times["batched"],
+        "max_relative_difference_vs_naive": float(naive_diff.max()),
+        "median_relative_difference_vs_naive": float(naive_diff.median()),
         "batched_over_raw": times["batched"] / times["raw"],
         "searches_per_second": len(x) / times["batched"],
         "max_relative_distance_difference": float(diff.max()),
@@ -168,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, t in times.items():
         print(f"  {name:10} {t:8.3f} s")
     print(
+        f"naive / batched {payload['naive_over_batched']:.1f}x (distances agree to "
+        f"{payload['median_relative_difference_vs_naive']:.1e} median, "
+        f"{payload['max_relative_difference_vs_naive']:.1e} max); "
         f"per-pair / batched {payload['per_pair_over_batched']:.1f}x; batched / raw "
         f"{payload['batched_over_raw']:.2f}; {payload['searches_per_second']:.1f} searches/s; "
         f"max relative distance difference {payload['max_relative_distance_difference']:.1e}"
