@@ -18,14 +18,19 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import SHARED, interleaved_times, machine, trained_model, write_json
+from benchmarks.common import (
+    benchmark_parser,
+    interleaved_times,
+    machine,
+    trained_model,
+    write_json,
+)
 from featrob.attacks.apgd import APGD
 from featrob.attacks.square import SquareAttack
 from featrob.extract import AutocastForward
@@ -132,14 +137,7 @@ def bench_square(model, x, y, seeds, eps, queries, repeats, sync) -> dict[str, A
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the attack benchmarks and print the ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = (
-        f"npz:{SHARED / 'cifar10_subset.npz'}"
-        if (SHARED / "cifar10_subset.npz").exists()
-        else "digits"
-    )
-    parser.add_argument("--model", default="medium-cnn")
-    parser.add_argument("--dataset", default=default_data)
+    parser = benchmark_parser(__doc__, "medium-cnn", "cifar10_subset.npz")
     parser.add_argument("--n", type=int, default=256, help="test images (balanced)")
     parser.add_argument("--eps", type=float, default=8 / 255)
     parser.add_argument("--steps", type=int, default=100)
@@ -151,7 +149,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--quick", action="store_true", help="digits, 64 images, 20 steps, 100 queries"
     )
-    parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
         args.dataset, args.model, args.n, args.steps, args.queries, args.repeats = (

@@ -25,7 +25,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -40,7 +39,13 @@ from featrob_collision.conflict import (
 from featrob_collision.distances import extractor
 from featrob_collision.search import SearchConfig, collision_search
 
-from benchmarks.common import SHARED, interleaved_times, machine, trained_model, write_json
+from benchmarks.common import (
+    benchmark_parser,
+    interleaved_times,
+    machine,
+    trained_model,
+    write_json,
+)
 
 
 def _searches(xa, xb, projections: int):
@@ -142,12 +147,7 @@ def flow_vs_cvxpy(vertices: int, seed: int = 0) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and print the ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = (
-        f"npz:{SHARED / 'mnist_subset.npz'}" if (SHARED / "mnist_subset.npz").exists() else "digits"
-    )
-    parser.add_argument("--model", default="small-cnn")
-    parser.add_argument("--dataset", default=default_data)
+    parser = benchmark_parser(__doc__, "small-cnn", "mnist_subset.npz")
     parser.add_argument("--classes", default="3,7")
     parser.add_argument("--per-class", type=int, default=8, help="pairs = per_class^2")
     parser.add_argument("--projections", type=int, default=4)
@@ -157,7 +157,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--graph-vertices", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="digits, 3 x 3 pairs, 2 proj.")
-    parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
         args.dataset, args.per_class, args.projections, args.max_iter = "digits", 3, 2, 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -13,6 +14,17 @@ from typing import Any
 import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def benchmark_parser(doc: str, model: str, shared_npz: str) -> argparse.ArgumentParser:
+    """A parser with ``--model``, ``--dataset`` (the shared subset ``shared_npz`` when it is
+    present, else the bundled digits) and ``--json``; the script adds its own options."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    path = SHARED / shared_npz
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--dataset", default=f"npz:{path}" if path.exists() else "digits")
+    parser.add_argument("--json", default=None, help="write the results here")
+    return parser
 
 
 def machine() -> dict[str, Any]:

@@ -22,7 +22,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Any
 
@@ -30,7 +29,13 @@ import torch
 from featrob_compression.geometry import nearest_other_class
 from featrob_compression.quantities import pair_quantities, path_points
 
-from benchmarks.common import SHARED, interleaved_times, machine, trained_model, write_json
+from benchmarks.common import (
+    benchmark_parser,
+    interleaved_times,
+    machine,
+    trained_model,
+    write_json,
+)
 from featrob.attacks.fab import FAB
 
 
@@ -81,18 +86,12 @@ def raw(model, x: torch.Tensor, y: torch.Tensor, points: int) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and print the ratios."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = (
-        f"npz:{SHARED / 'mnist_subset.npz'}" if (SHARED / "mnist_subset.npz").exists() else "digits"
-    )
-    parser.add_argument("--model", default="small-cnn")
-    parser.add_argument("--dataset", default=default_data)
+    parser = benchmark_parser(__doc__, "small-cnn", "mnist_subset.npz")
     parser.add_argument("--n", type=int, default=200, help="samples (balanced)")
     parser.add_argument("--points", type=int, default=16, help="path points")
     parser.add_argument("--fab-steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="digits, 32 samples, 1 repeat")
-    parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
         args.dataset, args.n, args.repeats, args.fab_steps = "digits", 32, 1, 10
