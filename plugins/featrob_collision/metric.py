@@ -36,9 +36,11 @@ class LayerCollisions(Metric):
     Options (``defaults``):
         classes (None): the two classes (indices or names); default the first two.
         split ("train"): where the samples come from (the paper uses training samples).
-        per_class (100): samples per class (``per_class^2`` pairs).
+        per_class (10): samples per class (``per_class^2`` pairs; the paper uses 100).
         layers ("all"): ``"all"`` (input, the model's layers, logits) or a list of names.
-        m (10): projection dimension; projections (10): matrices per layer (N).
+        m (10): projection dimension; projections (2): matrices per layer (N; the paper
+            uses 10). The small defaults keep a default ``featrob run`` (every installed
+            metric) at minutes on a CPU; ``examples/collision_mnist.toml`` has the paper's.
         no_projection (False): ``A = I`` (Bhagoji et al. 2023) instead of projections.
         eps (None): the eps grid; default ``eps_points`` values up to the largest half
             input distance of the pairs.
@@ -57,10 +59,10 @@ class LayerCollisions(Metric):
     defaults: ClassVar[dict[str, Any]] = {
         "classes": None,
         "split": "train",
-        "per_class": 100,
+        "per_class": 10,
         "layers": "all",
         "m": 10,
-        "projections": 10,
+        "projections": 2,
         "no_projection": False,
         "eps": None,
         "eps_points": 20,
