@@ -18,7 +18,6 @@ if and only if ``0 <= q_v <= 1`` and ``q_u + q_v <= 1`` on every edge, so
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -139,9 +138,7 @@ def zero_one_lp(graph: ConflictGraph) -> float:
     """The 0-1 loss by linear programming: ``1 - max mean q`` over the polytope (HiGHS)."""
     from scipy.optimize import linprog
 
-    if graph.n == 0:
-        return 0.0
-    if len(graph.edges) == 0:
+    if graph.n == 0 or len(graph.edges) == 0:
         return 0.0
     res = linprog(
         c=-np.ones(graph.n),
@@ -245,9 +242,3 @@ def _min_cut_source_side(sub: sparse.csr_matrix, a: int, b: int) -> np.ndarray |
     mask = np.zeros(t + 1, bool)
     mask[reach] = True
     return mask[1 : a + b + 1]
-
-
-def saturation() -> float:
-    """The largest optimal cross-entropy for two balanced classes, ``log 2`` (every pair
-    collides: the best classifier answers 1/2)."""
-    return math.log(2.0)
