@@ -104,22 +104,20 @@ class MixedSurrogateAttack(Metric):
         return make
 
     @staticmethod
-    def _store_key(ctx: RunContext, model: FeatrobModel) -> dict[str, Any]:
-        return {"model": model.fingerprint(), **ctx.data_key, "amp": ctx.config.amp}
+    def _evaluation(ctx: RunContext, model: FeatrobModel) -> dict[str, Any]:
+        """Keyword arguments every evaluation of ``model`` on the run's samples shares (seeds,
+        batch size, and the store key: model fingerprint, data, mixed precision)."""
+        return {
+            "seed": ctx.config.seed,
+            "indices": ctx.indices,
+            "batch_size": ctx.config.batch_size,
+            "store": ctx.store,
+            "store_key": {"model": model.fingerprint(), **ctx.data_key, "amp": ctx.config.amp},
+            "progress": ctx.progress,
+        }
 
     def _run(self, ctx: RunContext, model: FeatrobModel, plans: list[Plan]) -> WorstCase:
-        return worst_case(
-            model,
-            ctx.inputs(),
-            ctx.labels,
-            plans,
-            seed=ctx.config.seed,
-            indices=ctx.indices,
-            batch_size=ctx.config.batch_size,
-            store=ctx.store,
-            store_key=self._store_key(ctx, model),
-            progress=ctx.progress,
-        )
+        return worst_case(model, ctx.inputs(), ctx.labels, plans, **self._evaluation(ctx, model))
 
     def _protocol(
         self, ctx: RunContext, fc: FeatrobModel, hpm: FeatrobModel, eps: float, prefix: str
@@ -197,12 +195,7 @@ class MixedSurrogateAttack(Metric):
                     ctx.inputs(),
                     ctx.labels,
                     [ctx.make_attack("apgd-ce", eps=eps, steps=self.options["steps"])],
-                    seed=ctx.config.seed,
-                    indices=ctx.indices,
-                    batch_size=ctx.config.batch_size,
-                    store=ctx.store,
-                    store_key=self._store_key(ctx, model),
-                    progress=ctx.progress,
+                    **self._evaluation(ctx, model),
                 )
                 row[f"{name}_clean"] = ev.clean_accuracy
                 row[f"{name}_apgd_ce"] = ev.robust_accuracy
