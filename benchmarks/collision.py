@@ -145,29 +145,9 @@ def flow_vs_cvxpy(vertices: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark and print the ratios."""
-    parser = benchmark_parser(__doc__, "small-cnn", "mnist_subset.npz")
-    parser.add_argument("--classes", default="3,7")
-    parser.add_argument("--per-class", type=int, default=8, help="pairs = per_class^2")
-    parser.add_argument("--projections", type=int, default=4)
-    parser.add_argument("--m", type=int, default=10)
-    parser.add_argument("--layer", default="logits")
-    parser.add_argument("--max-iter", type=int, default=30)
-    parser.add_argument("--graph-vertices", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="digits, 3 x 3 pairs, 2 proj.")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.dataset, args.per_class, args.projections, args.max_iter = "digits", 3, 2, 10
-        args.graph_vertices = 40
-    device = torch.device("cpu")
-    net, data = trained_model(args.model, args.dataset, device, epochs=3)
-    ca, cb = (int(c) for c in args.classes.split(","))
-    train = data.split("train").balanced_subset(args.per_class, seed=0)
-    xa = train.float_images(torch.nonzero(train.labels == ca).flatten())
-    xb = train.float_images(torch.nonzero(train.labels == cb).flatten())
-    f = extractor(net, args.layer)
+def layer_benchmark(net, layer: str, xa, xb, args) -> dict[str, Any]:
+    """Batched, per-pair, naive and raw paths at one layer; their times and agreement."""
+    f = extractor(net, layer)
     with torch.no_grad():
         dim = f(xa[:1]).shape[1]
     mats = torch.randn(args.projections, args.m, dim, generator=torch.Generator().manual_seed(0))
@@ -206,43 +186,90 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     naive_diff = (results["batched"].distance - results["naive"]).abs() / results[
         "naive"
     ].clamp_min(1e-12)
+    return {
+        "layer": layer,
+        "layer_dim": dim,
+        "searches": len(x),
+        "mean_iterations": iters,
+        "times_s": times,
+        "per_pair_over_batched": times["per_pair"] / times["batched"],
+        "naive_over_batched": times["naive"] / times["batched"],
+        "batched_over_raw": times["batched"] / times["raw"],
+        "searches_per_second": len(x) / times["batched"],
+        "max_relative_difference_vs_naive": float(naive_diff.max()),
+        "median_relative_difference_vs_naive": float(naive_diff.median()),
+        "max_relative_distance_difference": float(diff.max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark and print the ratios."""
+    parser = benchmark_parser(__doc__, "small-cnn", "mnist_subset.npz")
+    parser.add_argument("--classes", default="3,7")
+    parser.add_argument("--per-class", type=int, default=8, help="pairs = per_class^2")
+    parser.add_argument("--projections", type=int, default=4)
+    parser.add_argument("--m", type=int, default=10)
+    parser.add_argument(
+        "--layers", default="all", help="comma-separated layers, or 'all' (every named layer)"
+    )
+    parser.add_argument("--max-iter", type=int, default=30)
+    parser.add_argument("--graph-vertices", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="digits, 3 x 3 pairs, 2 proj.")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.dataset, args.per_class, args.projections, args.max_iter = "digits", 3, 2, 10
+        args.graph_vertices, args.layers = 40, "logits"
+    net, data = trained_model(args.model, args.dataset, torch.device("cpu"), epochs=3)
+    layers = net.layer_names if args.layers == "all" else args.layers.split(",")
+    ca, cb = (int(c) for c in args.classes.split(","))
+    train = data.split("train").balanced_subset(args.per_class, seed=0)
+    xa = train.float_images(torch.nonzero(train.labels == ca).flatten())
+    xb = train.float_images(torch.nonzero(train.labels == cb).flatten())
+    print(
+        f"{args.model} on {args.dataset}, {len(xa) * len(xb)} pairs x {args.projections} "
+        f"projections, m={args.m}, threads {torch.get_num_threads()}"
+    )
+    print(f"  {'layer':8} {'dim':>6} {'batched':>9} {'per-pair':>9} {'naive':>9} {'raw':>9}"
+          f" {'naive/b':>8} {'b/raw':>6} {'max rel diff':>12}")  # fmt: skip
+    per_layer = []
+    for layer in layers:
+        row = layer_benchmark(net, layer, xa, xb, args)
+        per_layer.append(row)
+        t = row["times_s"]
+        print(
+            f"  {layer:8} {row['layer_dim']:6d} {t['batched']:8.2f}s {t['per_pair']:8.2f}s "
+            f"{t['naive']:8.2f}s {t['raw']:8.2f}s {row['naive_over_batched']:7.1f}x "
+            f"{row['batched_over_raw']:6.2f} {row['max_relative_difference_vs_naive']:12.1e}"
+        )
+    totals = {k: sum(r["times_s"][k] for r in per_layer) for k in per_layer[0]["times_s"]}
     graph = flow_vs_cvxpy(args.graph_vertices)
     payload = {
         "benchmark": "collision",
         "machine": machine(),
         "model": args.model,
         "dataset": args.dataset,
-        "layer": args.layer,
-        "layer_dim": dim,
         "pairs": len(xa) * len(xb),
         "projections": args.projections,
-        "searches": len(x),
         "m": args.m,
-        "mean_iterations": iters,
-        "times_s": times,
-        "per_pair_over_batched": times["per_pair"] / times["batched"],
-        "naive_over_batched": times["naive"] / times["batched"],
-        "max_relative_difference_vs_naive": float(naive_diff.max()),
-        "median_relative_difference_vs_naive": float(naive_diff.median()),
-        "batched_over_raw": times["batched"] / times["raw"],
-        "searches_per_second": len(x) / times["batched"],
-        "max_relative_distance_difference": float(diff.max()),
+        "layers": per_layer,
+        "times_s": totals,
+        "naive_over_batched": totals["naive"] / totals["batched"],
+        "per_pair_over_batched": totals["per_pair"] / totals["batched"],
+        "batched_over_raw": totals["batched"] / totals["raw"],
+        "searches_per_second": sum(r["searches"] for r in per_layer) / totals["batched"],
+        "max_relative_distance_difference": max(
+            r["max_relative_distance_difference"] for r in per_layer
+        ),
+        "max_relative_difference_vs_naive": max(
+            r["max_relative_difference_vs_naive"] for r in per_layer
+        ),
         "graph": graph,
     }
     print(
-        f"{args.model} on {args.dataset}, layer {args.layer} ({dim}), {len(x)} searches "
-        f"({payload['pairs']} pairs x {args.projections} projections), m={args.m}, "
-        f"threads {torch.get_num_threads()}"
-    )
-    for name, t in times.items():
-        print(f"  {name:10} {t:8.3f} s")
-    print(
-        f"naive / batched {payload['naive_over_batched']:.1f}x (distances agree to "
-        f"{payload['median_relative_difference_vs_naive']:.1e} median, "
-        f"{payload['max_relative_difference_vs_naive']:.1e} max); "
-        f"per-pair / batched {payload['per_pair_over_batched']:.1f}x; batched / raw "
-        f"{payload['batched_over_raw']:.2f}; {payload['searches_per_second']:.1f} searches/s; "
-        f"max relative distance difference {payload['max_relative_distance_difference']:.1e}"
+        f"all {len(layers)} layers: naive / batched {payload['naive_over_batched']:.1f}x, "
+        f"per-pair / batched {payload['per_pair_over_batched']:.1f}x, batched / raw "
+        f"{payload['batched_over_raw']:.2f}, {payload['searches_per_second']:.1f} searches/s"
     )
     print(
         f"graph {graph['vertices']} vertices x {graph['eps_values']} eps: flow "

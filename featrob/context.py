@@ -225,6 +225,22 @@ class RunContext:
             return self.variant(weights=spec)
         return self.variant(method=spec)
 
+    def restricted(self, positions: Sequence[int] | np.ndarray | Tensor) -> RunContext:
+        """The same run (model, store, seeds) on a subset of the analysed samples, given by
+        positions into :attr:`split`: features, inputs and evaluations of the subset come
+        from (and go to) the store under the same per-sample keys."""
+        return RunContext(
+            self.config,
+            self.model,
+            self.data,
+            self.split.subset(positions),
+            self.device,
+            self.host,
+            self.store,
+            self.progress,
+            self.model_fingerprint,
+        )
+
     @property
     def model_label(self) -> str:
         """How comparison tables name the run's model: its training method, or "run model"

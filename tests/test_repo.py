@@ -101,3 +101,12 @@ def test_collision_benchmark_quick_mode_runs(tmp_path: Path):
     assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "collision"
     assert payload["max_relative_distance_difference"] < 1e-3
     assert payload["graph"]["max_abs_difference"] < 1e-4
+
+
+def test_sensitivity_benchmark_quick_mode_runs(tmp_path: Path):
+    """The sensitivity benchmark stays runnable and its two paths agree."""
+    from benchmarks.sensitivity import main
+
+    payload = main(["--quick", "--json", str(tmp_path / "bench.json")])
+    assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "sensitivity"
+    assert payload["max_relative_difference"] < 1e-4

@@ -1,0 +1,193 @@
+"""The ``sensitivity`` metric: how far each feature moves under an Linf perturbation (paper 004).
+
+For every feature ``f_j`` of a layer (the penultimate one by default) and every analysed
+sample, PGD maximises and minimises ``f_j`` over the Linf ball; the feature's sensitivity at
+eps is the mean over samples of the larger change (Definition 2), normalised by the linear
+head (:mod:`featrob_sensitivity.theorem`). Beside it, at the same eps values: PGD-20 robust
+accuracy (the paper's Figure 1) and Theorem 3's bound. ``compare`` adds other models (PGD- or
+TRADES-trained, or checkpoints) in one report, the paper's normal vs adversarial comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from featrob.errors import ConfigError
+from featrob.metrics import Metric
+from featrob.options import int_param
+from featrob.results import MetricResult
+from featrob.specs import parse_fraction
+from featrob_sensitivity.measure import FeatureExtremes, entry_key, measure_extremes
+from featrob_sensitivity.report import build_result
+from featrob_sensitivity.theorem import feature_scales, head_weight, margins
+
+if TYPE_CHECKING:
+    from featrob.context import RunContext
+
+
+@dataclass
+class ModelSensitivity:
+    """One model's measurements.
+
+    Attributes:
+        label: the model's name in tables (its training method, or the compare spec).
+        layer: the analysed layer; ``dim`` its width; ``features`` the analysed indices.
+        scales: ``[K]`` normalisation ``s_j`` of the analysed features, None without a
+            linear head on this layer.
+        margin: ``[N]`` logit margins of the analysed samples.
+        extremes: per eps, the measured extremes.
+        robust_accuracy, clean_accuracy: per eps, under the accuracy attack (None if off).
+    """
+
+    label: str
+    layer: str
+    dim: int
+    features: np.ndarray
+    scales: np.ndarray | None
+    margin: np.ndarray
+    extremes: list[FeatureExtremes] = field(default_factory=list)
+    robust_accuracy: list[float | None] = field(default_factory=list)
+    clean_accuracy: float = float("nan")
+
+
+class FeatureSensitivity(Metric):
+    """Per-feature sensitivity under Linf perturbation, with robust accuracy and Theorem 3.
+
+    Options (``defaults``):
+        layer ("features"): the analysed layer (any named layer; normalisation and Theorem
+            3 need the feature layer feeding a linear head).
+        eps (["2/255", "3/255", "4/255", "10/255"]): Linf radii in [0, 1] pixel units (the
+            paper's 0.04, 0.06, 0.08, 0.2 in standardised units).
+        samples (128): analysed samples, a seeded subset of the run's (the paper: 512).
+        features ("all"): every feature of the layer, or a number: a seeded subset.
+        steps (20): PGD steps per feature and direction; random start in the ball.
+        rel_step_size (None): step as a fraction of eps; None is PGD's ``2.5 / steps``
+            (eps / 8 at 20 steps), constant schedule; the best iterate is kept.
+        accuracy_steps (20): PGD steps of the robust-accuracy evaluation (0: skip it).
+        batch_inputs (None): most PGD replicas (samples x features x 2) per pass; None is
+            four times the run's batch size. Memory scales with it; results do not.
+        compare (None): a training method (``"pgd"``, ``"trades"``), a checkpoint, or a list
+            of them: the same analysis on those models, side by side.
+        bins (30): histogram bins of the figures.
+    """
+
+    name: ClassVar[str] = "sensitivity"
+    description: ClassVar[str] = (
+        "per-feature sensitivity under Linf PGD, robust accuracy and Theorem 3 (paper 004)"
+    )
+    defaults: ClassVar[dict[str, Any]] = {
+        "layer": "features",
+        "eps": ["2/255", "3/255", "4/255", "10/255"],
+        "samples": 128,
+        "features": "all",
+        "steps": 20,
+        "rel_step_size": None,
+        "accuracy_steps": 20,
+        "batch_inputs": None,
+        "compare": None,
+        "bins": 30,
+    }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        o = self.options
+        eps = o["eps"] if isinstance(o["eps"], (list, tuple)) else [o["eps"]]
+        if not eps:
+            raise ConfigError(f"{self.name}: eps must list at least one value")
+        o["eps"] = sorted({parse_fraction(e, f"{self.name}: eps") for e in eps})
+        if o["eps"][-1] > 1:
+            raise ConfigError(f"{self.name}: Linf eps must be in [0, 1], got {o['eps'][-1]}")
+        for key, low in (("samples", 1), ("steps", 1), ("accuracy_steps", 0), ("bins", 1)):
+            o[key] = int_param(self.name, key, o[key], low)
+        if o["features"] != "all":
+            o["features"] = int_param(self.name, "features", o["features"], 1)
+        if o["batch_inputs"] is not None:
+            o["batch_inputs"] = int_param(self.name, "batch_inputs", o["batch_inputs"], 2)
+        compare = o["compare"]
+        compare = [] if compare is None else [compare] if isinstance(compare, str) else compare
+        if not isinstance(compare, (list, tuple)) or not all(isinstance(c, str) for c in compare):
+            raise ConfigError(f"{self.name}: compare takes a method, a checkpoint or a list")
+        o["compare"] = list(compare)
+
+    def compute(self, ctx: RunContext) -> MetricResult:
+        """Measure the run's model and every compared one; build tables and figures."""
+        positions = self._positions(ctx)
+        models = [self.analyse(ctx.model_label, ctx.restricted(positions))]
+        for spec in self.options["compare"]:
+            other = ctx.compared(spec).restricted(positions)
+            models.append(self.analyse(spec, other))
+        return build_result(models, self.options["bins"])
+
+    def _positions(self, ctx: RunContext) -> np.ndarray:
+        n = len(ctx.split)
+        if self.options["samples"] >= n:
+            return np.arange(n)
+        chosen = ctx.rng("sensitivity.samples").choice(n, self.options["samples"], replace=False)
+        return np.sort(chosen)
+
+    def analyse(self, label: str, ctx: RunContext) -> ModelSensitivity:
+        """Extremes at every eps, margins, robust accuracy for one model on the subset."""
+        o = self.options
+        model = ctx.model
+        layer = model.resolve_layer(o["layer"])
+
+        def forward(z: torch.Tensor) -> torch.Tensor:
+            with ctx.autocast():
+                return model.forward_to(z, layer).flatten(1).float()
+
+        x = ctx.inputs().to(ctx.device)
+        with torch.no_grad():
+            dim = int(forward(x[:1]).shape[1])
+        features = np.arange(dim)
+        if o["features"] != "all" and o["features"] < dim:
+            rng = ctx.rng(f"sensitivity.features.{layer}")
+            features = np.sort(rng.choice(dim, o["features"], replace=False))
+        weight = head_weight(model.head) if layer == model.resolve_layer("features") else None
+        scales = None if weight is None else feature_scales(weight)[features]
+        logits = ctx.features("logits").values
+        result = ModelSensitivity(
+            label=label,
+            layer=layer,
+            dim=dim,
+            features=features,
+            scales=scales,
+            margin=margins(logits, ctx.labels),
+            clean_accuracy=float((logits.argmax(1) == ctx.labels).double().mean()),
+        )
+        batch_inputs = o["batch_inputs"] or 4 * ctx.config.batch_size
+        seeds = ctx.sample_seeds().to(ctx.device)
+        base = {"model": ctx.model_fingerprint, **ctx.data_key}
+        for eps in o["eps"]:
+            attack = ctx.make_attack(
+                "pgd", eps=eps, norm="linf", steps=o["steps"], rel_step_size=o["rel_step_size"]
+            )
+            entry = (
+                None
+                if ctx.store is None
+                else ctx.store.entry(entry_key(base, layer, attack, ctx.config.amp))
+            )
+            result.extremes.append(
+                measure_extremes(
+                    forward,
+                    x,
+                    seeds,
+                    ctx.indices.numpy(),
+                    features,
+                    attack,
+                    dim=dim,
+                    batch_inputs=batch_inputs,
+                    entry=entry,
+                    progress=ctx.progress,
+                    label=f"sensitivity {label} eps={eps:.4g}",
+                )
+            )
+            acc = None
+            if o["accuracy_steps"]:
+                pgd = ctx.make_attack("pgd", eps=eps, norm="linf", steps=o["accuracy_steps"])
+                acc = ctx.evaluate([pgd], eps=eps, norm="linf").robust_accuracy
+            result.robust_accuracy.append(acc)
+        return result
