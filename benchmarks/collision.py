@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--projections", type=int, default=4)
     parser.add_argument("--m", type=int, default=10)
     parser.add_argument(
-        "--layers", default="all", help="comma-separated layers, or 'all' (every named layer)"
+        "--layers",
+        default="all",
+        help="comma-separated layers, or 'all' (input and the model's layers)",
     )
     parser.add_argument("--max-iter", type=int, default=30)
     parser.add_argument("--graph-vertices", type=int, default=200)
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.dataset, args.per_class, args.projections, args.max_iter = "digits", 3, 2, 10
         args.graph_vertices, args.layers = 40, "logits"
     net, data = trained_model(args.model, args.dataset, torch.device("cpu"), epochs=3)
-    layers = net.layer_names if args.layers == "all" else args.layers.split(",")
+    layers = ["input", *net.layers] if args.layers == "all" else args.layers.split(",")
     ca, cb = (int(c) for c in args.classes.split(","))
     train = data.split("train").balanced_subset(args.per_class, seed=0)
     xa = train.float_images(torch.nonzero(train.labels == ca).flatten())

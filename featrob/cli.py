@@ -77,9 +77,15 @@ def create_app(host_factory: Callable[[], PluginHost] = get_plugin_host) -> type
     ) -> None:
         """featrob: robustness analysis of image classifiers."""
 
-    from featrob.cli_commands import add_plugins_command, add_run_command, add_train_command
+    from featrob.cli_commands import (
+        add_plugins_command,
+        add_report_command,
+        add_run_command,
+        add_train_command,
+    )
 
     add_run_command(app, host_factory, _friendly)
+    add_report_command(app, host_factory, _friendly)
     add_train_command(app, host_factory, _friendly)
     add_plugins_command(app, host_factory, _friendly)
     _add_plugin_commands(app, host_factory)

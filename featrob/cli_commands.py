@@ -1,4 +1,4 @@
-"""The built-in subcommands: ``run``, ``train`` and ``plugins``."""
+"""The built-in subcommands: ``run``, ``report``, ``train`` and ``plugins``."""
 
 import dataclasses
 from collections.abc import Callable
@@ -147,6 +147,40 @@ def add_run_command(
         _print_summary(results, Path(cfg.out))
         if results.failed:
             raise typer.Exit(1)
+
+
+def add_report_command(
+    app: typer.Typer, host_factory: Callable[[], PluginHost], friendly: Wrap
+) -> None:
+    """Add ``featrob report``."""
+
+    @app.command("report")
+    @friendly
+    def report_command(
+        run_dir: Annotated[Path, typer.Argument(help="A finished run's output folder.")],
+        report: Annotated[
+            str | None,
+            typer.Option("--report", help="Comma-separated reporters (default: the run's)."),
+        ] = None,
+        out: Annotated[
+            Path | None, typer.Option("--out", "-o", help="Write here instead of RUN_DIR.")
+        ] = None,
+    ) -> None:
+        """Re-render a finished run's reports from its results.json, computing nothing."""
+        from featrob.errors import ConfigError
+        from featrob.results import Results
+
+        if not (run_dir / "results.json").is_file():
+            raise ConfigError(f"{run_dir} has no results.json (is it a featrob run folder?)")
+        results = Results.load(run_dir)
+        names = report.split(",") if report else results.config.get("reports") or ["json", "md"]
+        registry = host_factory().reporters
+        reporters = [registry.get(name.strip()) for name in names]
+        target = out or run_dir
+        for reporter_cls in reporters:
+            for path in reporter_cls().write(results, target):
+                typer.echo(f"wrote {path}")
+        _print_summary(results, target)
 
 
 def _print_summary(results: Any, out: Path) -> None:

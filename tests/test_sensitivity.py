@@ -248,6 +248,14 @@ def test_bad_options_are_one_line_errors(options, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_default_eps_is_the_run_eps_and_an_l2_run_needs_a_list():
+    ctx = make_context(eps=0.05)
+    result = FeatureSensitivity(samples=6, steps=3, features=5, accuracy_steps=0).compute(ctx)
+    assert [r["eps"] for r in result.tables["sensitivity"]] == [0.05]
+    with pytest.raises(ConfigError, match=r"set metrics\.sensitivity\.eps"):
+        FeatureSensitivity(samples=6).compute(make_context(eps=0.5, norm="l2"))
+
+
 def test_featrob_run_with_the_plugin(tmp_path):
     """`featrob run --plugin sensitivity` end to end: only this metric runs, results written."""
     from typer.testing import CliRunner

@@ -1,4 +1,5 @@
-"""Built-in reporters: ``json`` (results.json + arrays.npz) and ``md`` (summary.md)."""
+"""Built-in reporters: ``json`` (results.json + arrays.npz), ``md`` (summary.md), ``csv``
+(one file per table) and ``hdf5`` (results.h5)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from featrob import hookimpl
 
 @hookimpl
 def featrob_register_reporters(register):
-    """Register the ``json`` and ``md`` reporters."""
+    """Register the ``json``, ``md``, ``csv`` and ``hdf5`` reporters."""
+    from featrob.builtins.report_data import CsvReporter, Hdf5Reporter
     from featrob.builtins.report_formats import JsonReporter, MarkdownReporter
 
     register(JsonReporter)
     register(MarkdownReporter)
+    register(CsvReporter)
+    register(Hdf5Reporter)

@@ -1,0 +1,105 @@
+"""Reporters (csv, hdf5) and ``featrob report RUN_DIR``, on hand-made results: rendering
+reads Results only, so no model is needed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from featrob.builtins.report_data import CsvReporter, Hdf5Reporter, safe_name
+from featrob.builtins.report_formats import JsonReporter
+from featrob.cli import create_app
+from featrob.plugins import PluginHost
+from featrob.results import Figure, MetricResult, Results
+
+
+def _results() -> Results:
+    metric = MetricResult(
+        summary={"accuracy": 0.5, "note": "<script>", "nan": float("nan")},
+        tables={
+            "per class": [
+                {"class": "cat", "n": 3, "acc": 0.25, "ok": True},
+                {"class": "dog|x", "n": 4, "acc": None, "ok": False, "extra": [1, 2]},
+            ]
+        },
+        arrays={"margin": np.arange(5.0)},
+        figures={"h": Figure("hist", [{"label": "a", "values": [1, 2], "bins": 2}])},
+        duration_s=1.5,
+    )
+    failed = MetricResult(error="Traceback ...\nValueError: boom")
+    return Results(
+        featrob="0.0",
+        config={"model": "m", "dataset": "d", "eps": 0.1, "reports": ["json", "md"]},
+        plugins={"x": "1"},
+        metrics={"mine": metric, "broken": failed},
+    )
+
+
+def test_csv_writes_one_file_per_table_and_summary(tmp_path: Path):
+    written = CsvReporter().write(_results(), tmp_path)
+    names = sorted(p.name for p in written)
+    assert names == ["mine.per_class.csv", "mine.summary.csv"]
+    rows = list(csv.DictReader((tmp_path / "tables" / "mine.per_class.csv").open()))
+    assert [r["class"] for r in rows] == ["cat", "dog|x"]
+    assert rows[1]["acc"] == "" and rows[1]["extra"] == "[1, 2]" and rows[0]["extra"] == ""
+    summary = list(csv.DictReader((tmp_path / "tables" / "mine.summary.csv").open()))
+    assert summary[0] == {"key": "accuracy", "value": "0.5"}
+
+
+def test_hdf5_holds_arrays_columns_and_summary(tmp_path: Path):
+    (path,) = Hdf5Reporter().write(_results(), tmp_path)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["mine/arrays/margin"][()], np.arange(5.0))
+        acc = f["mine/tables/per_class/acc"][()]
+        assert acc[0] == 0.25 and np.isnan(acc[1])
+        assert f["mine/tables/per_class/ok"][()].tolist() == [True, False]
+        assert [s.decode() for s in f["mine/tables/per_class/class"][()]] == ["cat", "dog|x"]
+        assert json.loads(f["mine"].attrs["summary"])["nan"] is None
+        assert "boom" in f["broken"].attrs["error"]
+
+
+def test_report_command_rerenders_a_finished_run(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    JsonReporter().write(_results(), run_dir)
+    app = create_app(lambda: PluginHost())
+    result = CliRunner().invoke(app, ["report", str(run_dir), "--report", "md,csv,hdf5"])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "summary.md").read_text().startswith("# featrob run")
+    assert "&lt;script&gt;" in (run_dir / "summary.md").read_text()
+    assert (run_dir / "tables" / "mine.per_class.csv").exists()
+    with h5py.File(run_dir / "results.h5", "r") as f:  # arrays come back from arrays.npz
+        np.testing.assert_array_equal(f["mine/arrays/margin"][()], np.arange(5.0))
+    # default: the run's own reporters, into another folder
+    other = tmp_path / "other"
+    result = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(other)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in other.iterdir()) == ["arrays.npz", "results.json", "summary.md"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["report", "nowhere"], "has no results.json"),
+        (["report", "RUN", "--report", "htm"], "unknown reporter"),
+    ],
+)
+def test_report_command_bad_input_is_one_line(tmp_path: Path, args, message):
+    run_dir = tmp_path / "run"
+    JsonReporter().write(_results(), run_dir)
+    paths = {"RUN": str(run_dir), "nowhere": str(tmp_path / "nowhere")}
+    args = [paths.get(a, a) for a in args]
+    result = CliRunner().invoke(create_app(lambda: PluginHost()), args)
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_safe_name():
+    assert safe_name("per class") == "per_class"
+    assert safe_name("../x/y") == "x_y"
+    assert safe_name("eps=0.1.mean") == "eps_0.1.mean"
