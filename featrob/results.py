@@ -17,6 +17,16 @@ import numpy as np
 
 SUMMARY_TYPES = (int, float, str, bool, type(None))
 
+#: Version of the results.json layout; ``featrob/schemas/results.schema.json`` describes it.
+SCHEMA_VERSION = 1
+
+
+def results_schema() -> dict[str, Any]:
+    """The JSON Schema of results.json shipped with the package (draft 2020-12)."""
+    from importlib.resources import files
+
+    return json.loads(files("featrob").joinpath("schemas/results.schema.json").read_text())
+
 
 @dataclass
 class Figure:
@@ -107,6 +117,7 @@ class Results:
     def to_json(self) -> dict[str, Any]:
         """The documented results.json layout."""
         return {
+            "schema_version": SCHEMA_VERSION,
             "featrob": self.featrob,
             "config": _jsonable(self.config),
             "plugins": dict(self.plugins),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 from typer.testing import CliRunner
 
@@ -15,7 +16,7 @@ import featrob
 from featrob.cli import create_app
 from featrob.metrics import Metric
 from featrob.plugins import PluginHost
-from featrob.results import MetricResult
+from featrob.results import MetricResult, results_schema
 
 runner = CliRunner()
 
@@ -44,6 +45,9 @@ def test_run_writes_results_layout(tmp_path: Path):
     data = json.loads((out / "results.json").read_text())
     assert set(data) >= {"featrob", "config", "plugins", "metrics"}
     assert data["featrob"] == featrob.__version__
+    # every installed metric's output (a default run runs them all) fits the shipped schema
+    jsonschema.validate(data, results_schema())
+    assert {"clean_accuracy", "sensitivity", "collision", "scale"} <= set(data["metrics"])
     assert data["config"]["eps"] == pytest.approx(8 / 255)
     assert len(data["config"]["sample_indices"]) == 50
     assert data["plugins"]["accuracy"] == featrob.__version__

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import h5py
+import jsonschema
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -16,7 +17,7 @@ from featrob.builtins.report_data import CsvReporter, Hdf5Reporter, safe_name
 from featrob.builtins.report_formats import JsonReporter
 from featrob.cli import create_app
 from featrob.plugins import PluginHost
-from featrob.results import Figure, MetricResult, Results
+from featrob.results import SCHEMA_VERSION, Figure, MetricResult, Results, results_schema
 
 
 def _results() -> Results:
@@ -103,3 +104,17 @@ def test_safe_name():
     assert safe_name("per class") == "per_class"
     assert safe_name("../x/y") == "x_y"
     assert safe_name("eps=0.1.mean") == "eps_0.1.mean"
+
+
+def test_results_json_schema_accepts_results_and_rejects_malformed_ones():
+    data = json.loads(json.dumps(_results().to_json()))
+    assert data["schema_version"] == SCHEMA_VERSION
+    jsonschema.validate(data, results_schema())
+    bad = json.loads(json.dumps(data))
+    bad["metrics"]["mine"]["summary"]["nested"] = [1, 2]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, results_schema())
+    bad = json.loads(json.dumps(data))
+    bad["metrics"]["mine"]["figures"]["h"]["kind"] = "pie"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, results_schema())
