@@ -72,6 +72,10 @@ def add_run_command(
             list[str] | None,
             typer.Option("--plugin", "-p", help="Metric plugin to run (repeatable; default: all)."),
         ] = None,
+        no_plugin: Annotated[
+            list[str] | None,
+            typer.Option("--no-plugin", help="Plugin whose metrics do not run (repeatable)."),
+        ] = None,
         model: ModelOpt = None,
         weights: Annotated[
             str | None,
@@ -122,6 +126,7 @@ def add_run_command(
 
         flags = _overrides(
             plugins=plugin,
+            no_plugins=no_plugin,
             model=model,
             weights=weights,
             head=head,

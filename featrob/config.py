@@ -106,6 +106,7 @@ class RunConfig:
             APGD-CE, APGD-T, FAB-T, Square as AutoAttack runs them); metrics that attack use them.
         eps, norm: the threat model.
         plugins: metric plugins to run (empty: every installed one).
+        no_plugins: plugins whose metrics never run (``--no-plugin``).
         metrics: per-metric options, ``{metric name: {option: value}}``.
         out: output folder.
         store: feature store folder (None: ``$FEATROB_HOME/store``); ``"none"`` disables it.
@@ -133,6 +134,7 @@ class RunConfig:
     eps: float = 0.1
     norm: str = "linf"
     plugins: list[str] = field(default_factory=list)
+    no_plugins: list[str] = field(default_factory=list)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     out: str = "featrob-out"
     store: str | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -31,6 +32,23 @@ from featrob.registry import Registry
 
 ENTRY_POINT_GROUP = "featrob"
 CORE_DISTRIBUTION = "featrob"
+#: Entry points of the core itself (models, data sets, attacks, ...): always loaded.
+CORE_MODULES = "featrob.builtins."
+#: Environment variable with a comma-separated allow-list of entry-point plugins to load.
+ALLOW_ENV = "FEATROB_PLUGINS"
+
+
+def allowed_plugins() -> set[str] | None:
+    """The allow-list of ``$FEATROB_PLUGINS`` (None when unset: load every plugin).
+
+    With ``FEATROB_PLUGINS=scale,collision`` only those entry points load, besides the core's
+    own built-ins; plugins given by path or module (``--plugin my_plugin.py``) still load.
+    """
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
 
 #: kind -> (registration hook, singular noun used in messages)
 KINDS: dict[str, tuple[str, str]] = {
@@ -109,8 +127,10 @@ class PluginHost:
             return self
         self._loaded = True
         if self._load_entry_points:
+            allowed = allowed_plugins()
             for ep in _sorted_entry_points():
-                self._load_entry_point(ep)
+                if allowed is None or ep.name in allowed or ep.value.startswith(CORE_MODULES):
+                    self._load_entry_point(ep)
         return self
 
     def _load_entry_point(self, ep: EntryPoint) -> None:

@@ -19,7 +19,7 @@ import torch
 import featrob
 from featrob.config import RunConfig, to_toml
 from featrob.context import RunContext
-from featrob.errors import ConfigError, FeatrobError, PluginLoadError
+from featrob.errors import ConfigError, FeatrobError, PluginLoadError, UnknownNameError
 from featrob.plugins import PluginHost, get_plugin_host
 from featrob.prepare import load_data, prepare_model, resolve_device
 from featrob.progress import Reporter
@@ -33,15 +33,26 @@ def select_metrics(config: RunConfig, host: PluginHost) -> tuple[list[Entry[Any]
 
     With ``config.plugins`` empty every installed metric runs and a broken plugin is an error
     line in the results; a plugin named in ``config.plugins`` must load (else the run stops
-    here, naming it) and must register at least one metric.
+    here, naming it) and must register at least one metric. Metrics of the plugins in
+    ``config.no_plugins`` never run (``--no-plugin``; an unknown name is an error).
     """
+    excluded = set(config.no_plugins)
+    for name in excluded:
+        if name not in host.plugins:
+            raise UnknownNameError("plugin", name, [p for p in host.plugins if " " not in p])
     if not config.plugins:
-        errors = [f"plugin {p.name!r} failed to load: {p.error}" for p in host.broken()]
-        return list(host.metrics), errors
+        errors = [
+            f"plugin {p.name!r} failed to load: {p.error}"
+            for p in host.broken()
+            if p.name not in excluded
+        ]
+        return [e for e in host.metrics if e.plugin not in excluded], errors
     infos = [host.require(name) for name in config.plugins]  # loads file/module plugins
     registry = host.metrics
     chosen: list[Entry[Any]] = []
     for info in infos:
+        if info.name in excluded:
+            raise ConfigError(f"plugin {info.name!r} is both selected and excluded (--no-plugin)")
         names = registry.by_plugin(info.name)
         if not names:
             raise PluginLoadError(f"plugin {info.name!r} registers no metric; nothing to run")

@@ -132,6 +132,52 @@ def test_broken_entry_point_is_isolated(tmp_path: Path, monkeypatch: pytest.Monk
         host.require("broken")
 
 
+def test_environment_allow_list_loads_only_named_plugins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """$FEATROB_PLUGINS: only the listed entry points load (the core's built-ins always do),
+    so a broken or unwanted plugin can be switched off without uninstalling it."""
+    site = install_fake_distribution(
+        tmp_path / "site",
+        "featrob-broken",
+        {"featrob_broken_mod": BROKEN_PLUGIN, "featrob_echo_mod": ECHO_PLUGIN},
+        {"broken": "featrob_broken_mod", "echo": "featrob_echo_mod"},
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("FEATROB_PLUGINS", "echo, scale")
+    host = PluginHost()
+    assert {"echo", "scale", "attacks", "models"} <= set(host.plugins)
+    assert not {"broken", "collision", "sensitivity"} & set(host.plugins)
+    assert host.broken() == [] and "echo" in host.metrics and "pgd" in host.attacks
+
+
+def test_no_plugin_excludes_its_metrics(bare_host: PluginHost):
+    from featrob.config import RunConfig
+    from featrob.runner import select_metrics
+
+    bare_host.add(ConstantPlugin(), "constant-plugin")
+    bare_host.add(EchoLike(), "echo-like")
+    chosen, _ = select_metrics(RunConfig(no_plugins=["constant-plugin"]), bare_host)
+    assert [e.name for e in chosen] == ["echo_like"]
+    with pytest.raises(UnknownNameError, match="constant-plugin"):
+        select_metrics(RunConfig(no_plugins=["constant-plugn"]), bare_host)
+    with pytest.raises(featrob.errors.ConfigError, match="both selected and excluded"):
+        select_metrics(RunConfig(plugins=["echo-like"], no_plugins=["echo-like"]), bare_host)
+
+
+class EchoLikeMetric(Metric):
+    name = "echo_like"
+
+    def compute(self, ctx):
+        return MetricResult()
+
+
+class EchoLike:
+    @featrob.hookimpl
+    def featrob_register_metrics(self, register):
+        register(EchoLikeMetric)
+
+
 def _featrob(*args: str, env_extra: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, **env_extra}
     cmd = [sys.executable, "-m", "featrob", *args]
