@@ -28,6 +28,8 @@ _LAZY = {
     "RunConfig": "featrob.config",
     "RunContext": "featrob.context",
     "run": "featrob.runner",
+    "analyze": "featrob.api",
+    "wrap_model": "featrob.api",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]

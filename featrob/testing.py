@@ -28,13 +28,11 @@ import numpy as np
 import torch
 
 from featrob.attacks.base import Attack, flat_norm
-from featrob.config import RunConfig
 from featrob.context import RunContext
 from featrob.data.base import DatasetBundle, DataSplit
 from featrob.metrics import Metric
 from featrob.models.base import FeatrobModel
 from featrob.plugins import PluginHost
-from featrob.progress import Reporter
 from featrob.results import MetricResult
 
 
@@ -104,27 +102,14 @@ def make_context(
         store: a folder for a real feature store, or ``"memory"`` for none.
         **config: any :class:`RunConfig` keys (``eps=0.1``, ``attacks=["fgsm"]``, ...).
     """
-    from featrob.store import FeatureStore
+    from featrob.api import context_for
 
-    model = model if model is not None else tiny_model()
-    data = data if data is not None else tiny_dataset()
-    host = host or PluginHost()
-    cfg = RunConfig.from_dict({"quiet": True, "store": "none", **config})
-    split = data.split(cfg.split)
-    if cfg.n_per_class:
-        split = split.balanced_subset(cfg.n_per_class, cfg.seed)
-    feature_store = FeatureStore(store) if store not in (None, "memory") else None
-    device = torch.device("cpu")
-    return RunContext(
-        cfg,
-        model.to(device).eval(),
-        data,
-        split,
-        device,
-        host,
-        feature_store,
-        Reporter(quiet=True),
-        model.fingerprint(),
+    return context_for(
+        model if model is not None else tiny_model(),
+        data if data is not None else tiny_dataset(),
+        host=host,
+        store=store if store not in (None, "memory") else None,
+        **config,
     )
 
 

@@ -110,3 +110,16 @@ def test_sensitivity_benchmark_quick_mode_runs(tmp_path: Path):
     payload = main(["--quick", "--json", str(tmp_path / "bench.json")])
     assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "sensitivity"
     assert payload["max_relative_difference"] < 1e-4
+
+
+def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Every Python block of the README's "Python API" section runs as written."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)  # featrob-out/ lands here
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})

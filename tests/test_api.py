@@ -1,0 +1,68 @@
+"""The notebook API: one metric on an in-memory PyTorch model and tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import featrob
+from featrob.api import in_memory_data, wrap_model
+from featrob.errors import DataError, UnknownNameError
+from featrob.testing import tiny_dataset, tiny_model
+
+
+def _plain_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_analyze_runs_a_metric_on_a_plain_module_and_float_tensors():
+    data = tiny_dataset()
+    x, y = data.test.float_images(), data.test.labels
+    net = _plain_net()
+    result = featrob.analyze("clean_accuracy", net, x, y)
+    with torch.no_grad():
+        expected = (net(x).argmax(1) == y).double().mean().item()
+    assert result.summary["accuracy"] == pytest.approx(expected)
+    assert isinstance(net[3], nn.Linear)  # the caller's module is not modified
+
+
+def test_analyze_a_plugin_metric_reuses_its_store(tmp_path):
+    data = tiny_dataset()
+    x, y = data.test.float_images(), data.test.labels
+    options = {"samples": 6, "features": 4, "steps": 3, "accuracy_steps": 0}
+    model = tiny_model()
+    first = featrob.analyze("sensitivity", model, x, y, options=options, store=tmp_path / "s")
+    again = featrob.analyze("sensitivity", model, x, y, options=options, store=tmp_path / "s")
+    assert not first.summary["from_store"] and again.summary["from_store"]
+    assert again.summary["eps=0.1.mean"] == first.summary["eps=0.1.mean"]
+
+
+def test_wrap_model_splits_the_last_linear_layer_off():
+    model = wrap_model(_plain_net())
+    assert isinstance(model.head, nn.Linear) and model.num_features == 32
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (torch.rand(4, 8, 8), [0, 1, 2, 3], "N x C x H x W"),
+        (torch.full((2, 1, 8, 8), float("nan")), [0, 1], "NaN"),
+        (torch.full((2, 1, 8, 8), 2.0), [0, 1], "must lie in [0, 1]"),
+        (torch.rand(2, 1, 8, 8), [0, 1, 2], "3 labels for 2 images"),
+    ],
+)
+def test_bad_tensors_are_one_line_errors(images, labels, message):
+    with pytest.raises(DataError) as err:
+        in_memory_data(images, labels)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_uint8_images_round_trip_and_unknown_metrics_have_close_matches():
+    x = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    data = in_memory_data(x.float() / 255, [0, 1, 2])
+    assert torch.equal(data.test.images, x)
+    with pytest.raises(UnknownNameError, match="sensitivity"):
+        featrob.analyze("sensitivty", _plain_net(), x, [0, 1, 2])
