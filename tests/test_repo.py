@@ -71,45 +71,24 @@ def test_example_plugin_passes_featrob_testing_checks():
     assert result.figures["margins"].kind == "hist"
 
 
-def test_attack_benchmark_quick_mode_runs(tmp_path: Path):
-    """The benchmark script stays runnable (no timing assertions: timings are for notes)."""
-    pytest.importorskip("pyautoattack")
-    from benchmarks.attacks import main
+def test_benchmark_suite_quick_mode_runs(tmp_path: Path):
+    """`python -m benchmarks --quick` stays runnable and every benchmark's contenders agree
+    (no timing assertions: timings are for notes)."""
+    from benchmarks.__main__ import main
 
-    payload = main(["--quick", "--json", str(tmp_path / "bench.json")])
-    assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "attacks"
-    for row in payload["results"]:
+    result = main(["--quick", "--json", str(tmp_path / "bench.json")])
+    assert json.loads((tmp_path / "bench.json").read_text())["quick"] is True
+    bench = result["benchmarks"]
+    assert set(bench) == {"attacks", "collision", "compression", "sensitivity", "store"}
+    for row in bench["attacks"]["results"]:
         assert row["featrob_s"] > 0 and row["raw_s"] > 0
         assert abs(row["featrob_robust_acc"] - row["reference_robust_acc"]) <= 0.05
-
-
-def test_compression_benchmark_quick_mode_runs(tmp_path: Path):
-    """The compression benchmark stays runnable and its two paths agree."""
-    from benchmarks.compression import main
-
-    payload = main(["--quick", "--json", str(tmp_path / "bench.json")])
-    assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "compression"
-    assert payload["max_abs_difference_batched_vs_naive"] < 1e-4
-    assert payload["samples_per_second_full"] > 0
-
-
-def test_collision_benchmark_quick_mode_runs(tmp_path: Path):
-    """The collision benchmark stays runnable and its paths agree."""
-    from benchmarks.collision import main
-
-    payload = main(["--quick", "--json", str(tmp_path / "bench.json")])
-    assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "collision"
-    assert payload["max_relative_distance_difference"] < 1e-3
-    assert payload["graph"]["max_abs_difference"] < 1e-4
-
-
-def test_sensitivity_benchmark_quick_mode_runs(tmp_path: Path):
-    """The sensitivity benchmark stays runnable and its two paths agree."""
-    from benchmarks.sensitivity import main
-
-    payload = main(["--quick", "--json", str(tmp_path / "bench.json")])
-    assert json.loads((tmp_path / "bench.json").read_text())["benchmark"] == "sensitivity"
-    assert payload["max_relative_difference"] < 1e-4
+    assert bench["compression"]["max_abs_difference_batched_vs_naive"] < 1e-4
+    assert bench["collision"]["max_relative_distance_difference"] < 1e-3
+    assert bench["collision"]["graph"]["max_abs_difference"] < 1e-4
+    assert bench["sensitivity"]["max_relative_difference"] < 1e-4
+    assert bench["store"]["identical"] and bench["store"]["cold_over_warm"] > 1
+    assert all(r["ratio"] is not None for r in result["headlines"])
 
 
 def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

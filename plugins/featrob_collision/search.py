@@ -117,13 +117,15 @@ def projected_jacobian(f: Extractor, points: Tensor, rows: Tensor | None) -> tup
             value = torch.einsum("bmn,bn->bm", rows.to(out.dtype), out)
         if p.device.type == "cuda":  # one vmapped backward pass: fastest on a GPU
             (jac,) = torch.autograd.grad(out, p, grad_outputs=cot, is_grads_batched=True)
+            jac = jac.flatten(2).transpose(0, 1)
         else:  # m backward passes through one graph: as fast or faster on a CPU (measured)
             last = len(cot) - 1
             rows_grad = [
-                torch.autograd.grad(out, p, c, retain_graph=k < last)[0] for k, c in enumerate(cot)
+                torch.autograd.grad(out, p, c, retain_graph=k < last)[0].flatten(1)
+                for k, c in enumerate(cot)
             ]
-            jac = torch.stack(rows_grad)
-    return value.detach(), jac.flatten(2).transpose(0, 1).detach()
+            jac = torch.stack(rows_grad, dim=1)  # [B, m, n0], contiguous for the solves
+    return value.detach(), jac.detach()
 
 
 def collision_search(
