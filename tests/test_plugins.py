@@ -234,3 +234,35 @@ def test_real_wheel_installed_with_pip_is_discovered(tmp_path: Path):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["metrics"]["echo"]["summary"] == {"n": 20, "message": "hi"}
     assert results["plugins"]["echo"] == "0.1"
+
+
+def test_contrib_example_metric_installs_runs_and_passes_its_own_tests(tmp_path: Path):
+    """contrib/featrob-example-metric, installed with pip like any third-party plugin: found
+    through its entry point, run through `featrob run`, and its own test file passes."""
+    source = Path(__file__).resolve().parents[1] / "contrib" / "featrob-example-metric"
+    target = tmp_path / "site"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert pip.returncode == 0, pip.stderr
+    env = {"PYTHONPATH": str(target)}
+    listed = _featrob("plugins", "--json", env_extra=env, cwd=tmp_path)
+    plugins = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert plugins["example_metric"]["distribution"] == "featrob-example-metric"
+    assert plugins["example_metric"]["registers"] == {"metrics": ["noise_flips"]}
+    out = tmp_path / "out"
+    ran = _featrob(
+        "run", "--plugin", "example_metric", "--n-per-class", "3", "--attack", "pgd(steps=5)",
+        "--store", "none", "--quiet", "--out", str(out), env_extra=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    summary = json.loads((out / "results.json").read_text())["metrics"]["noise_flips"]["summary"]
+    assert 0 <= summary["noise_flip_rate"] <= summary["attack_flip_rate"] <= 1
+    own = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(source / "tests")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    assert own.returncode == 0, own.stdout + own.stderr

@@ -31,7 +31,7 @@ def test_readme_names_the_commands_ci_runs():
 def test_ruff_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
     proc = subprocess.run(
-        [ruff, "check", "featrob", "plugins", "tests", "examples", "benchmarks"],
+        [ruff, "check", "featrob", "plugins", "contrib", "tests", "examples", "benchmarks"],
         cwd=ROOT,
         capture_output=True,
         text=True,
