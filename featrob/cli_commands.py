@@ -178,7 +178,8 @@ def add_report_command(
         if not (run_dir / "results.json").is_file():
             raise ConfigError(f"{run_dir} has no results.json (is it a featrob run folder?)")
         results = Results.load(run_dir)
-        names = report.split(",") if report else results.config.get("reports") or ["json", "md"]
+        default = results.config.get("reports") or RunConfig().reports
+        names = report.split(",") if report else default
         registry = host_factory().reporters
         reporters = [registry.get(name.strip()) for name in names]
         target = out or run_dir

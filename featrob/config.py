@@ -142,7 +142,7 @@ class RunConfig:
     amp: str | None = None
     seed: int = 0
     batch_size: int = 256
-    reports: list[str] = field(default_factory=lambda: ["json", "md"])
+    reports: list[str] = field(default_factory=lambda: ["json", "md", "html"])
     quiet: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -58,6 +58,9 @@ def test_run_writes_results_layout(tmp_path: Path):
     robust = data["metrics"]["robust_accuracy"]["summary"]["accuracy"]
     assert clean > 0.9 and robust <= clean
     assert (out / "summary.md").read_text().startswith("# featrob run")
+    report = (out / "report.html").read_text()  # the default reports include html
+    assert all(f">{name}</h2>" in report for name in data["metrics"])
+    assert report.count('<img alt="') >= 3
     assert (out / "config.toml").exists()
     # the saved config repeats the run exactly
     again = invoke(["run", "--config", str(out / "config.toml"), "--out", str(tmp_path / "again")])

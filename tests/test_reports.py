@@ -4,7 +4,11 @@ reads Results only, so no model is needed."""
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -118,3 +122,74 @@ def test_results_json_schema_accepts_results_and_rejects_malformed_ones():
     bad["metrics"]["mine"]["figures"]["h"]["kind"] = "pie"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, results_schema())
+
+
+# ---------------------------------------------------------------------- html
+def _figure_zoo() -> dict[str, Figure]:
+    stats = [{"med": 0.5, "q1": 0.4, "q3": 0.6, "whislo": 0.2, "whishi": 0.8, "ci": [0.4, 0.6]}]
+    return {
+        "line": Figure("line", [{"label": "<b>a</b>", "x": [0, 1, 2], "y": [1, None, 3]}],
+                       title="<script>alert(1)</script>", options={"hline": 0.69, "logy": True}),
+        "scatter": Figure("scatter", [{"label": "s", "x": [1, 2], "y": [2, 1]}],
+                          options={"diagonal": True}),
+        "hist": Figure("hist", [{"label": "h", "values": [1, 2, 2, 3], "bins": 3}]),
+        "box_values": Figure("box", [{"label": "v", "values": [[1, 2, 3], [2, 3, 4]]}]),
+        "box_stats": Figure("box", [{"label": "c", "x": [1], "stats": stats}],
+                            options={"secondary": {"label": "error", "x": [1], "y": [0.3]}}),
+        "bar": Figure("bar", [{"label": "b", "x": ["cat", "dog"], "y": [1, 2]}]),
+        "image": Figure("image", [{"values": [[0, 1], [1, 0]]}]),
+    }  # fmt: skip
+
+
+def _html_results() -> Results:
+    results = _results()
+    results.metrics["mine"].figures = {**_figure_zoo(), "broken": Figure("pie", [{"x": [1]}])}
+    results.metrics["mine"].tables["per class"][0]["class"] = "<script>alert('x')</script>"
+    results.metrics["mine"].warnings = ["<img src=x onerror=alert(1)>"]
+    return results
+
+
+def test_html_is_self_contained_escaped_and_draws_every_figure_kind(tmp_path: Path):
+    from featrob.builtins.report_html import HtmlReporter
+
+    (path,) = HtmlReporter().write(_html_results(), tmp_path)
+    text = path.read_text()
+    assert "<script" not in text.lower() and "onerror=" not in text.replace("onerror=alert", "")
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert text.count('<img alt="') == len(_figure_zoo())  # every kind drawn
+    assert "figure broken could not be drawn: ValueError: unknown figure kind" in text
+    assert "http://" not in text and "https://" not in text  # nothing fetched
+    assert "ValueError: boom" in text  # the failed metric's traceback
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (.ci/run installs it)")
+def test_html_renders_in_headless_chromium_without_errors(tmp_path: Path):
+    """The report opens in a real browser: no script or console errors, every image loaded."""
+    from featrob.builtins.report_html import HtmlReporter
+
+    (path,) = HtmlReporter().write(_html_results(), tmp_path)
+    probe = """<script>
+    window.__errors = [];
+    window.addEventListener('error',
+      e => window.__errors.push(String(e.message || e.target.src)), true);
+    window.addEventListener('load', () => {
+      const imgs = Array.from(document.images);
+      const bad = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;
+      document.body.setAttribute('data-check',
+        JSON.stringify({images: imgs.length, bad: bad, errors: window.__errors}));
+    });
+    </script>"""
+    checked = tmp_path / "checked.html"
+    checked.write_text(path.read_text().replace("<head>", "<head>" + probe, 1))
+    proc = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+         "--enable-logging=stderr", "--v=0", "--dump-dom", checked.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    match = re.search(r"data-check=\"([^\"]*)\"", proc.stdout)
+    assert match, proc.stdout[-2000:] + proc.stderr[-2000:]
+    check = json.loads(html.unescape(match.group(1)))
+    assert check == {"images": len(_figure_zoo()), "bad": 0, "errors": []}
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, console

@@ -1,0 +1,127 @@
+"""Rendering a :class:`~featrob.results.Figure` (data plus labels) to PNG with matplotlib.
+
+Every figure kind a metric may return is drawn here: ``line``, ``scatter``, ``hist``,
+``box`` (raw values or precomputed ``bxp`` statistics), ``bar`` and ``image``. Options the
+plugins use: ``logx``/``logy``, ``hline`` (a horizontal reference line, e.g. ``log 2``),
+``diagonal`` (``y = x``). Rendering runs headless (the Agg backend) and never opens a window.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from featrob.results import Figure
+
+#: Figure size in inches and resolution of the embedded PNGs.
+SIZE = (6.0, 3.8)
+DPI = 100
+
+
+def render_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes.
+
+    Raises:
+        ValueError: an unknown kind or series data it cannot draw.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=SIZE, dpi=DPI)
+    try:
+        _draw(ax, fig)
+        ax.set_title(fig.title, fontsize=10)
+        ax.set_xlabel(fig.xlabel)
+        ax.set_ylabel(fig.ylabel)
+        options = fig.options or {}
+        if options.get("logx"):
+            ax.set_xscale("log")
+        if options.get("logy"):
+            ax.set_yscale("log")
+        if options.get("hline") is not None:
+            ax.axhline(float(options["hline"]), color="grey", linestyle="--", linewidth=1)
+        if options.get("diagonal"):
+            low, high = ax.get_xlim()
+            ax.plot([low, high], [low, high], color="grey", linestyle=":", linewidth=1)
+        if any(s.get("label") for s in fig.series) and fig.kind not in ("image", "box", "bar"):
+            ax.legend(fontsize=8)
+        figure.tight_layout()
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(figure)
+
+
+def _draw(ax: Any, fig: Figure) -> None:
+    series = fig.series
+    if fig.kind == "line":
+        for s in series:
+            x, y = _floats(s["x"]), _floats(s["y"])
+            ax.plot(x, y, marker="o", markersize=3, label=s.get("label"))
+    elif fig.kind == "scatter":
+        for s in series:
+            ax.scatter(_floats(s["x"]), _floats(s["y"]), s=6, alpha=0.6, label=s.get("label"))
+    elif fig.kind == "hist":
+        for s in series:
+            values = _floats(s["values"])
+            values = values[np.isfinite(values)]
+            ax.hist(values, bins=int(s.get("bins", 20)), alpha=0.5, label=s.get("label"))
+    elif fig.kind == "box":
+        _draw_box(ax, series, fig.options or {})
+    elif fig.kind == "bar":
+        count = max(len(series), 1)
+        width = 0.8 / count
+        for i, s in enumerate(series):
+            x = np.arange(len(s["y"])) + i * width
+            ax.bar(x, _floats(s["y"]), width=width, label=s.get("label"))
+        if series:
+            ax.set_xticks(np.arange(len(series[0]["y"])) + 0.4 - width / 2)
+            ax.set_xticklabels([str(v) for v in series[0].get("x", range(len(series[0]["y"])))])
+        if count > 1:
+            ax.legend(fontsize=8)
+    elif fig.kind == "image":
+        ax.imshow(np.asarray(series[0]["values"], dtype=float), cmap="viridis")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        raise ValueError(f"unknown figure kind {fig.kind!r}")
+
+
+BXP_KEYS = ("med", "q1", "q3", "whislo", "whishi")
+
+
+def _draw_box(ax: Any, series: list[dict[str, Any]], options: dict[str, Any]) -> None:
+    count = 0
+    for s in series:
+        if "stats" in s:
+            labels = s.get("x", range(len(s["stats"])))
+            stats = [
+                {"label": str(label), **{k: _float(st.get(k)) for k in BXP_KEYS}}
+                for st, label in zip(s["stats"], labels, strict=False)
+            ]
+            ax.bxp(stats, showfliers=False)
+            count = max(count, len(stats))
+        else:
+            groups = [_floats(v) for v in s["values"]]
+            ax.boxplot([g[np.isfinite(g)] for g in groups], showfliers=False)
+            count = max(count, len(groups))
+    second = options.get("secondary")
+    if isinstance(second, dict) and second.get("y") is not None:
+        twin = ax.twinx()  # e.g. the scale plugin's error rate per section
+        y = _floats(second["y"])
+        twin.plot(np.arange(1, len(y) + 1), y, color="tab:red", marker="o", markersize=3)
+        twin.set_ylabel(str(second.get("ylabel", second.get("label", ""))), color="tab:red")
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _floats(values: Any) -> np.ndarray:
+    """Numbers as floats; None (JSON's NaN) becomes NaN."""
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)

@@ -1,0 +1,159 @@
+"""The ``html`` reporter: one self-contained file people would rather look at.
+
+``report.html`` holds a section per metric (status, warnings, summary, tables, figures as
+embedded PNGs), the resolved config, the versions of featrob, its plugins and the
+environment, and the traceback of every failed metric. Nothing is fetched from the network
+(inline CSS, ``data:`` images, no scripts), and every string that comes from a model, data
+set, config or plugin is HTML-escaped: a class named ``<script>`` renders as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+from typing import Any, ClassVar
+
+from featrob.builtins.report_formats import atomic_write
+from featrob.reporters import Reporter
+from featrob.results import Figure, MetricResult, Results
+
+#: Rows shown per table (the rest are in results.json and the csv report).
+MAX_ROWS = 200
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .5em 0 1em; font-size: .85em; }
+th, td { border: 1px solid #ddd; padding: .2em .5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.warning { background: #fff6d6; border-left: 4px solid #e0b000; padding: .4em .8em; }
+.failed { background: #fde8e8; border-left: 4px solid #c00; padding: .4em .8em; }
+pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .8em; }
+figure { display: inline-block; margin: .5em; } figcaption { font-size: .8em; color: #555; }
+.ok { color: #080; } .err { color: #c00; } nav a { margin-right: 1em; }
+"""
+
+
+class HtmlReporter(Reporter):
+    """``report.html``: summaries, tables and figures of every metric in one file."""
+
+    name: ClassVar[str] = "html"
+    description: ClassVar[str] = "report.html (self-contained: tables, embedded figures)"
+
+    def write(self, results: Results, out_dir: Path) -> list[Path]:
+        """Write report.html."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "report.html"
+        atomic_write(path, render_html(results))
+        return [path]
+
+
+def render_html(results: Results) -> str:
+    """The HTML text of a run's report."""
+    cfg = results.config
+    threat = f"{cfg.get('norm')} eps={cfg.get('eps')}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>featrob report: {escape(str(cfg.get('model')))}</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>featrob report</h1>",
+        "<p>model <code>"
+        + escape(str(cfg.get("model")))
+        + "</code>, data <code>"
+        + escape(str(cfg.get("dataset")))
+        + f"</code> (split {escape(str(cfg.get('split')))}), threat model "
+        + escape(threat)
+        + "</p>",
+        "<nav>"
+        + "".join(
+            f'<a href="#metric-{i}">{escape(name)}</a>' for i, name in enumerate(results.metrics)
+        )
+        + "</nav>",
+    ]
+    for err in results.errors:
+        parts.append(f'<p class="failed">error: {escape(err)}</p>')
+    for i, (name, metric) in enumerate(results.metrics.items()):
+        parts.append(_metric_section(i, name, metric))
+    parts += [
+        "<h2>Run</h2>",
+        _key_values({"featrob": results.featrob, **results.plugins}, "versions"),
+        "<h3>Environment</h3>",
+        f"<pre>{escape(json.dumps(results.to_json()['environment'], indent=1))}</pre>",
+        "<h3>Resolved config</h3>",
+        f"<pre>{escape(json.dumps(results.to_json()['config'], indent=1))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _metric_section(i: int, name: str, metric: MetricResult) -> str:
+    status = '<span class="err">failed</span>' if metric.error else '<span class="ok">ok</span>'
+    out = [
+        f'<h2 id="metric-{i}">{escape(name)}</h2>',
+        f"<p>{status}, {metric.duration_s:.1f} s</p>",
+    ]
+    if metric.error:
+        out.append(f'<div class="failed"><pre>{escape(metric.error)}</pre></div>')
+        return "\n".join(out)
+    for warning in metric.warnings:
+        out.append(f'<p class="warning">{escape(warning)}</p>')
+    if metric.summary:
+        out.append(_key_values(metric.summary, "summary"))
+    for table, rows in metric.tables.items():
+        out.append(f"<h3>{escape(table)}</h3>")
+        out.append(_table(rows))
+    for fig_name, fig in metric.figures.items():
+        out.append(_figure(fig_name, fig))
+    return "\n".join(out)
+
+
+def _key_values(values: dict[str, Any], caption: str) -> str:
+    rows = "".join(f"<tr><th>{escape(str(k))}</th>{_cell(v)}</tr>" for k, v in values.items())
+    return f'<table aria-label="{escape(caption)}">{rows}</table>'
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>(empty)</p>"
+    cols: list[str] = []
+    for row in rows:
+        cols += [c for c in row if c not in cols]
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(_cell(row.get(c)) for c in cols) + "</tr>" for row in rows[:MAX_ROWS]
+    )
+    more = (
+        f"<p>({len(rows) - MAX_ROWS} more rows in results.json)</p>" if len(rows) > MAX_ROWS else ""
+    )
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return f"<td>{'–' if value is None else str(value).lower()}</td>"
+    if isinstance(value, float):
+        return f'<td class="num">{value:.4g}</td>'
+    if isinstance(value, int):
+        return f'<td class="num">{value}</td>'
+    if isinstance(value, (dict, list, tuple)):
+        return f"<td>{escape(json.dumps(value, default=str))}</td>"
+    return f"<td>{escape(str(value))}</td>"
+
+
+def _figure(name: str, fig: Figure) -> str:
+    """The figure as an embedded PNG, or a line saying why it could not be drawn."""
+    from featrob.builtins.figures import render_png
+
+    caption = escape(fig.title or name)
+    try:
+        png = base64.b64encode(render_png(fig)).decode("ascii")
+    except Exception as exc:  # one bad figure must not cost the report
+        why = escape(f"{type(exc).__name__}: {exc}")
+        return f'<p class="warning">figure {escape(name)} could not be drawn: {why}</p>'
+    return (
+        f'<figure><img alt="{caption}" src="data:image/png;base64,{png}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
