@@ -119,9 +119,13 @@ def add_run_command(
         config: ConfigOpt = None,
         set_: SetOpt = None,
         quiet: QuietOpt = False,
+        check: Annotated[
+            bool,
+            typer.Option("--check", help="Only validate the config (names, options); no run."),
+        ] = False,
     ) -> None:
         """Analyse a model: run every selected metric and write a report folder."""
-        from featrob.runner import run
+        from featrob.runner import check_config, run
         from featrob.specs import parse_fraction
 
         flags = _overrides(
@@ -148,6 +152,10 @@ def add_run_command(
             quiet=quiet,
         )
         cfg = RunConfig.load(config, flags, set_)
+        if check:
+            names = check_config(cfg, host_factory())
+            typer.echo(f"config ok: {len(names)} metrics ({', '.join(names)})")
+            return
         results = run(cfg, host=host_factory())
         _print_summary(results, Path(cfg.out))
         if results.failed:

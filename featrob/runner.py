@@ -74,6 +74,31 @@ def check_before_work(config: RunConfig, host: PluginHost, metrics: list[Entry[A
         entry.obj(**config.metrics.get(entry.name, {}))
 
 
+def check_config(config: RunConfig, host: PluginHost) -> list[str]:
+    """Everything a run can check without data or compute: plugins, metrics and their
+    options, attacks and their parameters, reporters, the model and data set names and the
+    training method. Returns the names of the metrics the run would execute.
+
+    Raises:
+        FeatrobError: the first problem found, as one line (close matches for names).
+    """
+    from featrob.specs import split_spec
+
+    metrics, _ = select_metrics(config, host)
+    for name in config.reports:
+        host.reporters.get(name)
+    check_before_work(config, host, metrics)
+    model_name, arg = split_spec(config.model)
+    if model_name in host.models or not ("." in model_name or arg is not None):
+        host.models.get(model_name)  # a module:factory spec is imported only by a real run
+    host.datasets.get(split_spec(config.dataset)[0])
+    if not config.weights:
+        host.training_methods.get(config.train.method)
+    if config.head is not None:
+        host.heads.get(config.head)
+    return [entry.name for entry in metrics]
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and hardware of this run (saved so it can be repeated)."""
     from importlib.metadata import PackageNotFoundError, version

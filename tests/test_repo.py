@@ -102,3 +102,41 @@ def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)  # featrob-out/ lands here
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def _readme_commands(prefix: str) -> list[list[str]]:
+    """Every command in the README's bash blocks that starts with ``prefix``, as argv
+    (continuation lines joined, comments dropped)."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            argv = shlex.split(line, comments=True)
+            synopsis = any(a.startswith("[") for a in argv)  # the usage lines
+            if argv[: len(prefix.split())] == prefix.split() and not synopsis:
+                commands.append(argv)
+    return commands
+
+
+def test_every_readme_run_command_is_a_valid_config(monkeypatch: pytest.MonkeyPatch):
+    """Each `featrob run ...` line of the README passes `--check`: its plugins, metrics,
+    options, attacks, reporters, model and data set names all exist (no compute)."""
+    from typer.testing import CliRunner
+
+    from featrob.cli import create_app
+    from featrob.plugins import PluginHost
+
+    commands = _readme_commands("featrob run")
+    assert len(commands) >= 10
+    monkeypatch.chdir(ROOT)  # the examples' relative paths
+    app = create_app(lambda: PluginHost())
+    for argv in commands:
+        if "example_metric" in argv:
+            continue  # contrib's plugin: test_plugins installs it with pip and runs it
+        if any(a.startswith("examples/margin_plugin.py") for a in argv):
+            argv = [str(ROOT / a) if a.startswith("examples/") else a for a in argv]
+        result = CliRunner().invoke(app, [*argv[1:], "--check"])
+        assert result.exit_code == 0, f"{' '.join(argv)}\n{result.output}"
