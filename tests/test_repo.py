@@ -134,8 +134,8 @@ def test_every_readme_run_command_is_a_valid_config(monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(ROOT)  # the examples' relative paths
     app = create_app(lambda: PluginHost())
     for argv in commands:
-        if "example_metric" in argv:
-            continue  # contrib's plugin: test_plugins installs it with pip and runs it
+        if "example_metric" in argv or any("torchattacks:" in a for a in argv):
+            continue  # contrib plugins, installed and run by their own tests
         if any(a.startswith("examples/margin_plugin.py") for a in argv):
             argv = [str(ROOT / a) if a.startswith("examples/") else a for a in argv]
         result = CliRunner().invoke(app, [*argv[1:], "--check"])

@@ -69,6 +69,9 @@ class Attack(ABC):
             parameters are rejected with close matches.
         uses_gradients: False for noise and score-based attacks.
         min_classes: the fewest classes the attack works with (DLR losses need 3 or 4).
+        batch_invariant: a sample's result depends only on the sample and its seed, never on
+            the rest of the batch (True for every built-in attack; an adapter of a library
+            that draws from a global generator sets False and says so).
 
     Args:
         eps: radius of the perturbation ball (pixel units, [0, 1] images).
@@ -83,6 +86,7 @@ class Attack(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     uses_gradients: ClassVar[bool] = True
     min_classes: ClassVar[int] = 2
+    batch_invariant: ClassVar[bool] = True
 
     def __init__(self, eps: float, norm: str = "linf", seed: int = 0, **params: Any) -> None:
         self.eps = check_finite_nonnegative("eps", eps)
