@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from featrob.results import Results
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    os.replace(tmp, path)
 
 
 class Reporter(ABC):
@@ -23,3 +35,21 @@ class Reporter(ABC):
     @abstractmethod
     def write(self, results: Results, out_dir: Path) -> list[Path]:
         """Write the report into ``out_dir`` and return the files written."""
+
+
+class SingleFileReporter(Reporter):
+    """A reporter that renders the whole run into one text file, ``filename``, in the output
+    folder (written atomically: a reader never sees half a report)."""
+
+    filename: ClassVar[str]
+
+    @abstractmethod
+    def render(self, results: Results) -> str:
+        """The file's text."""
+
+    def write(self, results: Results, out_dir: Path) -> list[Path]:
+        """Write :attr:`filename` into ``out_dir``."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / self.filename
+        atomic_write(path, self.render(results))
+        return [path]

@@ -113,7 +113,8 @@ def test_plugin_from_file(tmp_path: Path, bare_host: PluginHost):
 
 
 # ---------------------------------------------------------------------- entry points
-def test_broken_entry_point_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def _install_echo_and_broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed distribution with two entry points: ``echo`` and ``broken``."""
     site = install_fake_distribution(
         tmp_path / "site",
         "featrob-broken",
@@ -121,6 +122,10 @@ def test_broken_entry_point_is_isolated(tmp_path: Path, monkeypatch: pytest.Monk
         {"broken": "featrob_broken_mod", "echo": "featrob_echo_mod"},
     )
     monkeypatch.syspath_prepend(str(site))
+
+
+def test_broken_entry_point_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    _install_echo_and_broken(tmp_path, monkeypatch)
     host = PluginHost()
     assert host.plugins["echo"].ok and host.plugins["echo"].source == "entry point"
     assert host.plugins["echo"].distribution == "featrob-broken"
@@ -137,13 +142,7 @@ def test_environment_allow_list_loads_only_named_plugins(
 ):
     """$FEATROB_PLUGINS: only the listed entry points load (the core's built-ins always do),
     so a broken or unwanted plugin can be switched off without uninstalling it."""
-    site = install_fake_distribution(
-        tmp_path / "site",
-        "featrob-broken",
-        {"featrob_broken_mod": BROKEN_PLUGIN, "featrob_echo_mod": ECHO_PLUGIN},
-        {"broken": "featrob_broken_mod", "echo": "featrob_echo_mod"},
-    )
-    monkeypatch.syspath_prepend(str(site))
+    _install_echo_and_broken(tmp_path, monkeypatch)
     monkeypatch.setenv("FEATROB_PLUGINS", "echo, scale")
     host = PluginHost()
     assert {"echo", "scale", "attacks", "models"} <= set(host.plugins)

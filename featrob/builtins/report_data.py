@@ -17,8 +17,7 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
-from featrob.builtins.report_formats import atomic_write
-from featrob.reporters import Reporter
+from featrob.reporters import Reporter, atomic_write
 from featrob.results import Results
 
 

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from featrob.reporters import Reporter
+from featrob.reporters import Reporter, SingleFileReporter, atomic_write
 from featrob.results import Results
 
 MAX_MD_ROWS = 50
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
 
 
 class JsonReporter(Reporter):
@@ -52,18 +41,16 @@ class JsonReporter(Reporter):
         return written
 
 
-class MarkdownReporter(Reporter):
+class MarkdownReporter(SingleFileReporter):
     """``summary.md``: each metric's summary and tables, errors and warnings."""
 
     name: ClassVar[str] = "md"
     description: ClassVar[str] = "summary.md (Markdown tables, for notebooks and PRs)"
+    filename: ClassVar[str] = "summary.md"
 
-    def write(self, results: Results, out_dir: Path) -> list[Path]:
-        """Write summary.md."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "summary.md"
-        atomic_write(path, render_markdown(results))
-        return [path]
+    def render(self, results: Results) -> str:
+        """The Markdown text (:func:`render_markdown`)."""
+        return render_markdown(results)
 
 
 def render_markdown(results: Results) -> str:

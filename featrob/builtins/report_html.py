@@ -12,11 +12,9 @@ from __future__ import annotations
 import base64
 import json
 from html import escape
-from pathlib import Path
 from typing import Any, ClassVar
 
-from featrob.builtins.report_formats import atomic_write
-from featrob.reporters import Reporter
+from featrob.reporters import SingleFileReporter
 from featrob.results import Figure, MetricResult, Results
 
 #: Rows shown per table (the rest are in results.json and the csv report).
@@ -36,18 +34,16 @@ figure { display: inline-block; margin: .5em; } figcaption { font-size: .8em; co
 """
 
 
-class HtmlReporter(Reporter):
+class HtmlReporter(SingleFileReporter):
     """``report.html``: summaries, tables and figures of every metric in one file."""
 
     name: ClassVar[str] = "html"
     description: ClassVar[str] = "report.html (self-contained: tables, embedded figures)"
+    filename: ClassVar[str] = "report.html"
 
-    def write(self, results: Results, out_dir: Path) -> list[Path]:
-        """Write report.html."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "report.html"
-        atomic_write(path, render_html(results))
-        return [path]
+    def render(self, results: Results) -> str:
+        """The HTML text (:func:`render_html`)."""
+        return render_html(results)
 
 
 def render_html(results: Results) -> str:
