@@ -30,6 +30,8 @@ _LAZY = {
     "run": "featrob.runner",
     "analyze": "featrob.api",
     "wrap_model": "featrob.api",
+    "load_data": "featrob.api",
+    "load_model": "featrob.api",
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]

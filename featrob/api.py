@@ -1,7 +1,8 @@
 """The Python API for notebooks: one metric on an in-memory model and tensors.
 
-``featrob.run(config)`` does what ``featrob run`` does; this module covers the other common
-case, a model and a batch of images already in memory::
+``featrob.run(config)`` does what ``featrob run`` does; :func:`load_data` and
+:func:`load_model` get a data set and a model from their specs as a run does; and
+:func:`analyze` covers the other common case, a model and images already in memory::
 
     import featrob
 
@@ -35,6 +36,54 @@ from featrob.models.base import FeatrobModel, split_backbone_head
 from featrob.plugins import PluginHost
 from featrob.progress import Reporter
 from featrob.results import MetricResult
+
+
+def load_data(spec: str = "digits", **config: Any) -> DatasetBundle:
+    """The data set a spec names (``"digits"``, ``"cifar10"``, ``"npz:PATH"``, ...), as
+    ``featrob run --dataset SPEC`` loads it.
+
+    Args:
+        spec: the data spec.
+        **config: run config keys that affect loading (``data_root``, ``download``,
+            ``data_options``).
+    """
+    from featrob.prepare import load_data as _load
+
+    cfg = RunConfig.from_dict({**config, "dataset": spec})
+    return _load(cfg, PluginHost())
+
+
+def load_model(
+    spec: str = "small-cnn",
+    data: DatasetBundle | str = "digits",
+    *,
+    weights: str | Path | None = None,
+    device: str = "cpu",
+    **config: Any,
+) -> FeatrobModel:
+    """The model a spec names, as ``featrob run`` gets it: the checkpoint ``weights``, or
+    trained once with the ``train`` settings and cached under ``$FEATROB_HOME/models``.
+
+    Args:
+        spec: the model spec (``"small-cnn"``, ``"resnet18"``, ``"tv:NAME"``,
+            ``"package.module:factory"``).
+        data: a loaded data set or its spec (input shape, classes, normalisation, training).
+        weights: a checkpoint or state_dict file, or None to train (or load the cached one).
+        device: where the model lives.
+        **config: other run config keys (``head``, ``model_options``, ``eps``, and
+            ``train={"method": "pgd", "epochs": 5}``, ...).
+    """
+    from featrob.prepare import prepare_model, resolve_device
+
+    bundle = load_data(data) if isinstance(data, str) else data
+    values = {**config, "model": spec, "dataset": bundle.spec, "quiet": True}
+    if weights is not None:
+        values["weights"] = str(weights)
+    cfg = RunConfig.from_dict(values)
+    model, _ = prepare_model(
+        cfg, bundle, PluginHost(), resolve_device(device), Reporter(quiet=cfg.quiet)
+    )
+    return model
 
 
 def wrap_model(

@@ -66,3 +66,15 @@ def test_uint8_images_round_trip_and_unknown_metrics_have_close_matches():
     assert torch.equal(data.test.images, x)
     with pytest.raises(UnknownNameError, match="sensitivity"):
         featrob.analyze("sensitivty", _plain_net(), x, [0, 1, 2])
+
+
+def test_load_data_and_load_model_from_specs():
+    data = featrob.load_data("digits")
+    assert data.input_shape == (1, 8, 8) and data.num_classes == 10
+    model = featrob.load_model("small-cnn", data, train={"epochs": 1})
+    again = featrob.load_model("small-cnn", "digits", train={"epochs": 1})  # the cached one
+    assert model.fingerprint() == again.fingerprint()
+    x = data.test.float_images()[:4]
+    assert model(x).shape == (4, 10)
+    with pytest.raises(UnknownNameError, match="small-cnn"):
+        featrob.load_model("smal-cnn", data)
