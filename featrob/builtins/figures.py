@@ -66,11 +66,14 @@ def _draw(ax: Any, fig: Figure) -> None:
     elif fig.kind == "scatter":
         for s in series:
             ax.scatter(_floats(s["x"]), _floats(s["y"]), s=6, alpha=0.6, label=s.get("label"))
-    elif fig.kind == "hist":
-        for s in series:
-            values = _floats(s["values"])
-            values = values[np.isfinite(values)]
-            ax.hist(values, bins=int(s.get("bins", 20)), alpha=0.5, label=s.get("label"))
+    elif fig.kind == "hist":  # one set of bin edges for every series, so they compare
+        values = [_floats(s["values"]) for s in series]
+        values = [v[np.isfinite(v)] for v in values]
+        pooled = np.concatenate(values) if values else np.zeros(0)
+        bins = max((int(s.get("bins", 20)) for s in series), default=20)
+        edges = np.histogram_bin_edges(pooled, bins=bins) if len(pooled) else bins
+        for s, v in zip(series, values, strict=True):
+            ax.hist(v, bins=edges, alpha=0.5, label=s.get("label"))
     elif fig.kind == "box":
         _draw_box(ax, series, fig.options or {})
     elif fig.kind == "bar":
