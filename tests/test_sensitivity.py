@@ -172,6 +172,11 @@ def test_metric_result_is_well_formed_and_reruns_from_the_store(tmp_path):
     assert s["layer"] == "fc1" and s["features_analysed"] == s["layer_width"] == 100
     assert s["samples"] == 12 and s["normalised"] and not s["from_store"]
     assert s["eps=0.1.mean"] > s["eps=0.05.mean"] > 0
+    assert 0 < s["eps=0.1.live_features"] <= 100
+    live = result.arrays["standard.eps=0.1.raw"] > 0
+    assert s["eps=0.1.live_mean"] == pytest.approx(
+        result.arrays["standard.eps=0.1.normalised"][live].mean()
+    )
     assert 0 <= s["eps=0.1.robust_accuracy"] <= s["eps=0.05.robust_accuracy"] <= 1
     assert {"histogram_eps=0.05", "histogram_eps=0.1", "robust_accuracy"} <= set(result.figures)
     assert result.arrays["standard.eps=0.1.normalised"].shape == (100,)

@@ -6,6 +6,11 @@ eps is the mean over samples of the larger change (Definition 2), normalised by 
 head (:mod:`featrob_sensitivity.theorem`). Beside it, at the same eps values: PGD-20 robust
 accuracy (the paper's Figure 1) and Theorem 3's bound. ``compare`` adds other models (PGD- or
 TRADES-trained, or checkpoints) in one report, the paper's normal vs adversarial comparison.
+
+Beside the mean over all features the summary gives the number of *live* features (those
+that move at all) and their mean: adversarial training can lower the mean mostly by
+switching features off (MNIST small CNN, PGD: 25 of 100 live, each as sensitive as the
+normal model's) rather than by making the live ones robust.
 """
 
 from __future__ import annotations

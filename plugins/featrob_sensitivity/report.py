@@ -27,11 +27,14 @@ def model_rows(m: ModelSensitivity) -> list[dict[str, Any]]:
         raw = ext.sensitivity
         values = raw if m.scales is None else raw * m.scales
         q = np.quantile(values, QUANTILES)
+        live = raw > 0  # features that move at all (a ReLU unit off on every sample does not)
         row: dict[str, Any] = {
             "model": m.label,
             "eps": ext.eps,
             "normalised": m.scales is not None,
             "mean": float(values.mean()),
+            "live_features": int(live.sum()),
+            "live_mean": float(values[live].mean()) if live.any() else 0.0,
             "median": float(q[2]),
             "q10": float(q[0]),
             "q25": float(q[1]),
@@ -63,7 +66,17 @@ def build_result(models: list[ModelSensitivity], bins: int) -> MetricResult:
         "models": ", ".join(m.label for m in models),
         "from_store": all(e.computed_cells == 0 for m in models for e in m.extremes),
     }
-    keys = ("mean", "median", "q10", "q90", "raw_mean", "robust_accuracy", "bound_best")
+    keys = (
+        "mean",
+        "median",
+        "q10",
+        "q90",
+        "live_features",
+        "live_mean",
+        "raw_mean",
+        "robust_accuracy",
+        "bound_best",
+    )
     for row in tables["sensitivity"]:
         prefix = "" if row["model"] == run.label else f"{row['model']}."
         for key in (*keys, "bound_vacuous"):
