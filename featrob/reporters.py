@@ -6,7 +6,7 @@ import os
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from featrob.results import Results
@@ -20,6 +20,11 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     else:
         tmp.write_text(data)
     os.replace(tmp, path)
+
+
+def table_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The union of the rows' keys, in first-seen order (a table's header)."""
+    return list(dict.fromkeys(key for row in rows for key in row))
 
 
 class Reporter(ABC):

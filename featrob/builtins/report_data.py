@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
-from featrob.reporters import Reporter, atomic_write
+from featrob.reporters import Reporter, atomic_write, table_columns
 from featrob.results import Results
 
 
@@ -36,9 +36,7 @@ def _cell(value: Any) -> Any:
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     """CSV text of row dicts; the header is the union of their keys in first-seen order."""
-    cols: list[str] = []
-    for row in rows:
-        cols += [c for c in row if c not in cols]
+    cols = table_columns(rows)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(cols)
@@ -110,9 +108,7 @@ class Hdf5Reporter(Reporter):
 
 
 def _write_table(group: h5py.Group, rows: list[dict[str, Any]]) -> None:
-    cols: list[str] = []
-    for row in rows:
-        cols += [c for c in row if c not in cols]
+    cols = table_columns(rows)
     for col in cols:
         values = [row.get(col) for row in rows]
         present = [v for v in values if v is not None]

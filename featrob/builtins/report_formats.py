@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from featrob.reporters import Reporter, SingleFileReporter, atomic_write
+from featrob.reporters import Reporter, SingleFileReporter, atomic_write, table_columns
 from featrob.results import Results
 
 MAX_MD_ROWS = 50
@@ -87,9 +87,7 @@ def render_markdown(results: Results) -> str:
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["(empty)"]
-    cols: list[str] = []
-    for row in rows:
-        cols += [c for c in row if c not in cols]
+    cols = table_columns(rows)
     out = ["| " + " | ".join(_md(c) for c in cols) + " |", "|" + " --- |" * len(cols)]
     for row in rows[:MAX_MD_ROWS]:
         out.append("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")

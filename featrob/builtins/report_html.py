@@ -14,7 +14,7 @@ import json
 from html import escape
 from typing import Any, ClassVar
 
-from featrob.reporters import SingleFileReporter
+from featrob.reporters import SingleFileReporter, table_columns
 from featrob.results import Figure, MetricResult, Results
 
 #: Rows shown per table (the rest are in results.json and the csv report).
@@ -114,9 +114,7 @@ def _key_values(values: dict[str, Any], caption: str) -> str:
 def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>(empty)</p>"
-    cols: list[str] = []
-    for row in rows:
-        cols += [c for c in row if c not in cols]
+    cols = table_columns(rows)
     head = "".join(f"<th>{escape(str(c))}</th>" for c in cols)
     body = "".join(
         "<tr>" + "".join(_cell(row.get(c)) for c in cols) + "</tr>" for row in rows[:MAX_ROWS]

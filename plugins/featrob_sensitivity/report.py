@@ -10,6 +10,7 @@ from featrob.results import Figure, MetricResult
 from featrob_sensitivity.theorem import per_sample_estimate, robust_accuracy_bound
 
 if TYPE_CHECKING:
+    from featrob_sensitivity.measure import FeatureExtremes
     from featrob_sensitivity.metric import ModelSensitivity
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -20,12 +21,18 @@ def eps_label(eps: float) -> str:
     return f"eps={eps:.4g}"
 
 
+def _values(m: ModelSensitivity, ext: FeatureExtremes) -> np.ndarray:
+    """Per-feature sensitivity at one eps: normalised by the head when possible, else raw."""
+    raw = ext.sensitivity
+    return raw if m.scales is None else raw * m.scales
+
+
 def model_rows(m: ModelSensitivity) -> list[dict[str, Any]]:
     """One row per eps: the sensitivity distribution over features, accuracy and bounds."""
     rows = []
     for ext, acc in zip(m.extremes, m.robust_accuracy, strict=True):
         raw = ext.sensitivity
-        values = raw if m.scales is None else raw * m.scales
+        values = _values(m, ext)
         q = np.quantile(values, QUANTILES)
         live = raw > 0  # features that move at all (a ReLU unit off on every sample does not)
         row: dict[str, Any] = {
@@ -55,7 +62,8 @@ def model_rows(m: ModelSensitivity) -> list[dict[str, Any]]:
 
 def build_result(models: list[ModelSensitivity], bins: int) -> MetricResult:
     """The metric's result: the run's model first, compared models after it."""
-    tables = {"sensitivity": [row for m in models for row in model_rows(m)]}
+    rows = [model_rows(m) for m in models]  # bounds and quantiles, once per model
+    tables = {"sensitivity": [row for model in rows for row in model]}
     run = models[0]
     summary: dict[str, Any] = {
         "layer": run.layer,
@@ -82,31 +90,29 @@ def build_result(models: list[ModelSensitivity], bins: int) -> MetricResult:
         for key in (*keys, "bound_vacuous"):
             if key in row:
                 summary[f"{prefix}{eps_label(row['eps'])}.{key}"] = row[key]
-    warnings = _warnings(models)
-    for m in models[1:]:
-        summary.update(_trend(run, m))
+    warnings = _warnings(models, rows)
+    for m, theirs in zip(models[1:], rows[1:], strict=True):
+        summary.update(_trend(rows[0], theirs, m.label))
     arrays: dict[str, np.ndarray] = {"features": run.features}
     for m in models:
         if m.scales is not None:
             arrays[f"{m.label}.scales"] = m.scales
         for ext in m.extremes:
-            raw = ext.sensitivity
-            arrays[f"{m.label}.{eps_label(ext.eps)}.raw"] = raw
+            arrays[f"{m.label}.{eps_label(ext.eps)}.raw"] = ext.sensitivity
             if m.scales is not None:
-                arrays[f"{m.label}.{eps_label(ext.eps)}.normalised"] = raw * m.scales
+                arrays[f"{m.label}.{eps_label(ext.eps)}.normalised"] = _values(m, ext)
     return MetricResult(
         summary=summary,
         tables=tables,
         arrays=arrays,
-        figures=_figures(models, bins),
+        figures=_figures(models, rows, bins),
         warnings=warnings,
     )
 
 
-def _trend(run: ModelSensitivity, other: ModelSensitivity) -> dict[str, Any]:
-    """Whether ``other`` is less sensitive / more robust than the run's model at every eps
-    (the paper's finding for an adversarially trained model)."""
-    mine, theirs = model_rows(run), model_rows(other)
+def _trend(mine: list[dict[str, Any]], theirs: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """Whether the model with rows ``theirs`` is less sensitive / more robust than the run's
+    model (rows ``mine``) at every eps (the paper's finding for adversarial training)."""
     lower = all(b["mean"] < a["mean"] for a, b in zip(mine, theirs, strict=True))
     accs = [(a["robust_accuracy"], b["robust_accuracy"]) for a, b in zip(mine, theirs, strict=True)]
     higher = (
@@ -114,14 +120,14 @@ def _trend(run: ModelSensitivity, other: ModelSensitivity) -> dict[str, Any]:
         else None
     )  # fmt: skip
     return {
-        f"{other.label}.lower_sensitivity_every_eps": lower,
-        f"{other.label}.higher_robust_accuracy_every_eps": higher,
+        f"{label}.lower_sensitivity_every_eps": lower,
+        f"{label}.higher_robust_accuracy_every_eps": higher,
     }
 
 
-def _warnings(models: list[ModelSensitivity]) -> list[str]:
+def _warnings(models: list[ModelSensitivity], rows: list[list[dict[str, Any]]]) -> list[str]:
     out = []
-    for m in models:
+    for m, m_rows in zip(models, rows, strict=True):
         if m.scales is None:
             out.append(
                 f"{m.label}: layer {m.layer!r} does not feed a linear head: sensitivities are "
@@ -133,7 +139,7 @@ def _warnings(models: list[ModelSensitivity]) -> list[str]:
                 'bound needs all of them (set features = "all")'
             )
         else:
-            vacuous = [f"{r['eps']:.4g}" for r in model_rows(m) if r.get("bound_vacuous")]
+            vacuous = [f"{r['eps']:.4g}" for r in m_rows if r.get("bound_vacuous")]
             if vacuous:
                 out.append(
                     f"{m.label}: Theorem 3's bound is vacuous (<= 0) at eps "
@@ -143,16 +149,17 @@ def _warnings(models: list[ModelSensitivity]) -> list[str]:
     return out
 
 
-def _figures(models: list[ModelSensitivity], bins: int) -> dict[str, Figure]:
+def _figures(
+    models: list[ModelSensitivity], per_model: list[list[dict[str, Any]]], bins: int
+) -> dict[str, Figure]:
     """Figure 2 (histograms per eps, one series per model) and Figure 1 (accuracy vs eps)."""
-    rows = {m.label: model_rows(m) for m in models}
+    rows = {m.label: r for m, r in zip(models, per_model, strict=True)}
     unit = "normalised" if all(m.scales is not None for m in models) else "raw"
     figs: dict[str, Figure] = {}
     for i, ext in enumerate(models[0].extremes):
         series = []
         for m in models:
-            raw = m.extremes[i].sensitivity
-            values = raw if m.scales is None else raw * m.scales
+            values = _values(m, m.extremes[i])
             series.append({"label": m.label, "values": values.tolist(), "bins": bins})
         figs[f"histogram_{eps_label(ext.eps)}"] = Figure(
             "hist",
