@@ -125,6 +125,7 @@ def add_run_command(
         ] = False,
     ) -> None:
         """Analyse a model: run every selected metric and write a report folder."""
+        from featrob.distributed import world
         from featrob.runner import check_config, run
         from featrob.specs import parse_fraction
 
@@ -157,7 +158,12 @@ def add_run_command(
             typer.echo(f"config ok: {len(names)} metrics ({', '.join(names)})")
             return
         results = run(cfg, host=host_factory())
-        _print_summary(results, Path(cfg.out))
+        here = world()
+        if here.main:  # under torchrun, rank 0 speaks for the run
+            _print_summary(results, Path(cfg.out))
+        elif results.failed:  # other ranks only say why they fail
+            for line in results.failure_lines():
+                typer.echo(f"featrob: rank {here.rank}: {line}", err=True)
         if results.failed:
             raise typer.Exit(1)
 
@@ -198,6 +204,10 @@ def add_report_command(
 
 
 def _print_summary(results: Any, out: Path) -> None:
+    """The terminal table at the end of a run. Text from metrics and errors is escaped: a
+    message like ``[/path/file.cc:545]`` is text, not rich markup."""
+    from rich.markup import escape
+
     console = Console()
     table = Table(title="featrob results", show_lines=False)
     table.add_column("metric")
@@ -206,17 +216,17 @@ def _print_summary(results: Any, out: Path) -> None:
     table.add_column("time", justify="right")
     for name, metric in results.metrics.items():
         if metric.error:
-            last = metric.error.strip().splitlines()[-1]
-            table.add_row(name, "[red]failed[/red]", last, f"{metric.duration_s:.1f}s")
+            last = escape(metric.error.strip().splitlines()[-1])
+            table.add_row(escape(name), "[red]failed[/red]", last, f"{metric.duration_s:.1f}s")
             continue
         parts = [
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in list(metric.summary.items())[:6]
         ]
-        table.add_row(name, "ok", ", ".join(parts), f"{metric.duration_s:.1f}s")
+        table.add_row(escape(name), "ok", escape(", ".join(parts)), f"{metric.duration_s:.1f}s")
     console.print(table)
     for err in results.errors:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(err)}")
     console.print(f"report: {out.resolve()}")
 
 

@@ -129,11 +129,16 @@ class RunContext:
         """Instantiate a registered attack.
 
         Args:
-            spec: ``"pgd"`` or ``"pgd(steps=20)"``; default the run's first attack.
+            spec: ``"pgd"`` or ``"pgd(steps=20)"``; default the run's first attack (the first
+                attack of a preset such as ``standard``).
             eps, norm, seed: default the run's.
             **params: override parameters of the spec.
         """
-        name, spec_params = parse_call(spec or self.config.attacks[0])
+        if spec is None:  # the run's first attack, presets ("standard") expanded
+            from featrob.attacks.protocol import expand_presets
+
+            spec = expand_presets(self.config.attacks)[0]
+        name, spec_params = parse_call(spec)
         cls = self.attacks.get(name)
         return cls(
             eps=self.config.eps if eps is None else eps,

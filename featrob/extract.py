@@ -20,6 +20,7 @@ from torch import Tensor
 
 from featrob.attacks.base import Attack
 from featrob.data.base import DataSplit
+from featrob.distributed import map_batches
 from featrob.models.base import FeatrobModel
 from featrob.progress import Reporter
 from featrob.seeding import sample_seeds
@@ -209,19 +210,32 @@ class Extractor:
             if attack is not None and layers == ["input"]
             else ("features" + (f" under {attack.label()}" if attack is not None else ""))
         )
+
+        def compute(batch_idx: np.ndarray) -> dict[str, np.ndarray] | None:
+            pos = self._positions(batch_idx)
+            if layers == ["input"]:
+                assert attack is not None
+                outputs = {"input": self._attack_batch(attack, pos, batch_idx)}
+            else:
+                x = self._batch_inputs(attack, pos, batch_idx)
+                outputs = self._forward(x, layers)
+            bar.advance(len(batch_idx))
+            if self.store is None:
+                return outputs  # kept in memory below, on every rank
+            labels = self.split.labels[torch.from_numpy(pos)].numpy()
+            for layer, values in outputs.items():
+                self._write(layer, attack, batch_idx, values, labels)
+            return None  # in the store, where every rank reads it
+
+        # Batches are shared among the ranks of a distributed run (featrob.distributed).
+        batches = list(self._batches(missing))
         with self.progress.bar(len(missing), what) as bar:
-            for batch_idx in self._batches(missing):
-                pos = self._positions(batch_idx)
-                if layers == ["input"]:
-                    assert attack is not None
-                    outputs = {"input": self._attack_batch(attack, pos, batch_idx)}
-                else:
-                    x = self._batch_inputs(attack, pos, batch_idx)
-                    outputs = self._forward(x, layers)
-                labels = self.split.labels[torch.from_numpy(pos)].numpy()
+            done = map_batches(batches, compute)
+        for batch_idx, outputs in zip(batches, done, strict=True):
+            if outputs is not None:
+                labels = self.split.labels[torch.from_numpy(self._positions(batch_idx))].numpy()
                 for layer, values in outputs.items():
                     self._write(layer, attack, batch_idx, values, labels)
-                bar.advance(len(batch_idx))
 
     def _batch_inputs(
         self, attack: Attack | None, pos: np.ndarray, batch_idx: np.ndarray

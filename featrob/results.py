@@ -114,6 +114,15 @@ class Results:
         """True when a metric or a plugin failed."""
         return bool(self.errors) or any(m.error for m in self.metrics.values())
 
+    def failure_lines(self) -> list[str]:
+        """One line per failure: the run's errors, then each failed metric's last line."""
+        lines = list(self.errors)
+        for name, metric in self.metrics.items():
+            if metric.error:
+                last = metric.error.strip().splitlines()[-1] if metric.error.strip() else ""
+                lines.append(f"metric {name!r} failed: {last}")
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         """The documented results.json layout."""
         return {

@@ -4,6 +4,10 @@ Order: select plugins, load data, get the model (load or train once), open the s
 each metric in its own try/except (a failing metric is recorded with its traceback and the
 others still run), write results after every metric (nothing finished is lost), then let
 every reporter render the results.
+
+Under ``torchrun`` every rank runs this function; the batch loops share their work
+(:mod:`featrob.distributed`), rank 0 trains the model before the others load it, and only
+rank 0 writes the results folder.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 
 import featrob
+from featrob import distributed
 from featrob.config import RunConfig, to_toml
 from featrob.context import RunContext
 from featrob.errors import ConfigError, FeatrobError, PluginLoadError, UnknownNameError
@@ -144,18 +149,24 @@ def run(
     elif isinstance(config, dict):
         config = RunConfig.from_dict(config)
     host = host or get_plugin_host()
-    progress = progress or Reporter(quiet=config.quiet)
     metrics, errors = select_metrics(config, host)
     reporters = [host.reporters.get(name) for name in config.reports]
     check_before_work(config, host, metrics)
     device = resolve_device(config.device)
+    here = distributed.init_from_env(device)  # torchrun: join the other ranks
+    device = distributed.local_device(device)
+    progress = progress or Reporter(quiet=config.quiet or not here.main)
     torch.manual_seed(config.seed)
 
     data = load_data(config, host)
     split = data.split(config.split)
     if config.n_per_class:
         split = split.balanced_subset(config.n_per_class, config.seed)
+    if not here.main:
+        here.barrier()  # rank 0 trains (or loads) the model and caches it first
     model, card = prepare_model(config, data, host, device, progress)
+    if here.main:
+        here.barrier()
     store_path = config.store_path()
     store = FeatureStore(store_path) if store_path is not None else None
     fingerprint = model.fingerprint()
@@ -168,12 +179,18 @@ def run(
         config=resolved,
         plugins=host.versions(),
         errors=errors,
-        environment={**environment(device), "model_fingerprint": fingerprint, "model_card": card},
+        environment={
+            **environment(device),
+            "model_fingerprint": fingerprint,
+            "model_card": card,
+            "world_size": here.size,
+        },
     )
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(to_toml({k: v for k, v in config.to_dict().items()}))
-    json_reporter = host.reporters.get("json")() if "json" in host.reporters else None
+    if here.main:  # one results folder and one report, whatever the number of ranks
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(to_toml({k: v for k, v in config.to_dict().items()}))
+    json_reporter = host.reporters.get("json")() if "json" in host.reporters and here.main else None
 
     results.errors += host.call("featrob_run_start", context=ctx)
     for entry in metrics:
@@ -185,7 +202,7 @@ def run(
         if json_reporter is not None:
             json_reporter.write(results, out)  # keep what is finished, whatever happens next
     results.errors += host.call("featrob_run_end", results=results, context=ctx)
-    for reporter_cls in reporters:
+    for reporter_cls in reporters if here.main else []:
         try:
             reporter_cls().write(results, out)
         except Exception as exc:

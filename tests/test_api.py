@@ -78,3 +78,13 @@ def test_load_data_and_load_model_from_specs():
     assert model(x).shape == (4, 10)
     with pytest.raises(UnknownNameError, match="small-cnn"):
         featrob.load_model("smal-cnn", data)
+
+
+def test_default_attack_of_a_preset_run_is_its_first_attack():
+    # A default run's attacks are the "standard" preset; a metric asking for "the run's
+    # attack" gets the preset's first attack, not the preset's name.
+    from featrob.testing import make_context
+
+    ctx = make_context(attacks=["standard"], eps=0.1)
+    attack = ctx.make_attack()
+    assert attack.name == "apgd-ce" and attack.eps == 0.1

@@ -129,6 +129,43 @@ def test_batched_restarts_equal_looped_and_never_worse(digits):
         assert (cross_entropy(model(batched), y) >= cross_entropy(model(single), y) - 1e-5).all()
 
 
+@pytest.mark.parametrize(("norm", "schedule"), [("linf", "cosine"), ("l2", "constant")])
+def test_drop_stationary_changes_cost_not_result(digits, norm, schedule):
+    # Maximise and minimise hidden ReLU units: many replicas sit at 0 with a zero gradient
+    # (or pinned at a corner of the box) and stop moving, which the option drops.
+    model, x, _ = digits
+    hidden = model[:3]
+    x = x[:40]
+    units = torch.arange(8).repeat_interleave(len(x))
+    signs = torch.ones_like(units)
+    signs[len(units) // 2 :] = -1
+    target = torch.stack([units, signs], 1)
+    xr = x.repeat(8, 1, 1, 1)
+    seeds = sample_seeds(3, torch.arange(len(xr)))
+    rows = []
+
+    def forward(z):
+        rows.append(len(z))
+        return hidden(z)
+
+    def objective(out, t):
+        return out.gather(1, t[:, :1]).squeeze(1) * t[:, 1]
+
+    eps = 0.1 if norm == "linf" else 1.0
+    kw = {"loss": objective, "sample_seeds": seeds}
+    plain = PGD(eps, norm, steps=10, schedule=schedule)(forward, xr, target, **kw)
+    full_rows, rows[:] = sum(rows), []
+    dropped = PGD(eps, norm, steps=10, schedule=schedule, drop_stationary=True)
+    fast = dropped(forward, xr, target, **kw)
+    assert sum(rows) < 0.8 * full_rows
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=0)
+
+
+def test_drop_stationary_refused_where_inexact():
+    with pytest.raises(ConfigError, match="drop_stationary"):
+        PGD(1.0, "l2", schedule="cosine", drop_stationary=True)
+
+
 def test_success_beats_loss_in_best_iterate():
     # Linear objective: the loss rises every step, but only the start counts as "success".
     x = torch.full((3, 4), 0.5)

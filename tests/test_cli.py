@@ -108,13 +108,13 @@ def test_failing_metric_is_reported_and_others_finish(tmp_path: Path):
         name = "exploding"
 
         def compute(self, ctx):
-            raise ValueError("kaboom")
+            raise ValueError("kaboom [/gloo/pair.cc:545]")  # not rich markup
 
     class Fine(Metric):
         name = "fine"
 
         def compute(self, ctx):
-            return MetricResult(summary={"n": len(ctx.labels)})
+            return MetricResult(summary={"n": len(ctx.labels), "tag": "[bold]x"})
 
     class Plugin:
         @featrob.hookimpl
@@ -130,8 +130,9 @@ def test_failing_metric_is_reported_and_others_finish(tmp_path: Path):
     data = json.loads((out / "results.json").read_text())
     assert "ValueError: kaboom" in data["metrics"]["exploding"]["error"]
     assert "Traceback" in data["metrics"]["exploding"]["error"]
-    assert data["metrics"]["fine"]["summary"] == {"n": 50}
+    assert data["metrics"]["fine"]["summary"] == {"n": 50, "tag": "[bold]x"}
     assert "failed" in result.stdout
+    assert "[/gloo/pair.cc:545]" in result.stdout and "[bold]x" in result.stdout
 
 
 def test_plugins_command_lists_sources(tmp_path: Path):

@@ -130,6 +130,12 @@ def test_every_readme_run_command_is_a_valid_config(monkeypatch: pytest.MonkeyPa
     from featrob.plugins import PluginHost
 
     commands = _readme_commands("featrob run")
+    launched = _readme_commands("torchrun")  # torchrun [launcher options] -m featrob run ...
+    assert launched, "the README shows a distributed run"
+    for argv in launched:
+        at = argv.index("-m")
+        assert argv[at + 1 : at + 3] == ["featrob", "run"], argv
+        commands.append(argv[at + 1 :])
     assert len(commands) >= 10
     monkeypatch.chdir(ROOT)  # the examples' relative paths
     app = create_app(lambda: PluginHost())

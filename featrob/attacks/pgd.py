@@ -60,6 +60,14 @@ class PGD(Attack):
             ``t >= T/2`` and halved again for ``t >= 3T/4``.
         batch_restarts (True): run all restarts in one pass on an R-times larger batch
             (fast); False loops over restarts (R times less memory). Same result either way.
+        drop_stationary (False): stop computing a replica once a step leaves its iterate
+            exactly where it was. PGD is deterministic, so such a replica would repeat the same
+            point, gradient and non-move at every later step: dropping it changes nothing but
+            the cost. Exact for Linf under any schedule (a coordinate clipped back by a step of
+            one size is clipped back by any) and for L2 under the constant schedule; for L2
+            with a decaying schedule the option is refused. It pays where many replicas stall
+            early (a ReLU feature pushed to 0, a zero gradient), as in the sensitivity
+            plugin; it costs one host-device sync per step, so it is off by default.
 
     Best iterate: when ``success`` is given (the default for the default cross-entropy loss
     is "misclassified"), a successful iterate beats any unsuccessful one and among iterates
@@ -81,6 +89,7 @@ class PGD(Attack):
         "restarts": 1,
         "schedule": "constant",
         "batch_restarts": True,
+        "drop_stationary": False,
     }
 
     def __init__(self, eps: float, norm: str = "linf", seed: int = 0, **params: Any) -> None:
@@ -91,7 +100,7 @@ class PGD(Attack):
         for key in ("step_size", "rel_step_size"):
             if p[key] is not None:
                 p[key] = float_param(self.name, key, p[key])
-        for key in ("random_start", "batch_restarts"):
+        for key in ("random_start", "batch_restarts", "drop_stationary"):
             p[key] = bool_param(self.name, key, p[key])
         if p["schedule"] not in SCHEDULES:
             close = difflib.get_close_matches(str(p["schedule"]), SCHEDULES, n=1)
@@ -99,6 +108,11 @@ class PGD(Attack):
             raise ConfigError(
                 f"{self.name}: unknown schedule {p['schedule']!r}{hint}; "
                 f"use one of {', '.join(SCHEDULES)}"
+            )
+        if p["drop_stationary"] and self.norm != "linf" and p["schedule"] != "constant":
+            raise ConfigError(
+                f"{self.name}: drop_stationary is exact only for Linf or the constant schedule; "
+                f"turn it off for {self.norm} with schedule {p['schedule']!r}"
             )
 
     # ------------------------------------------------------------------ step sizes
@@ -197,30 +211,48 @@ class PGD(Attack):
             delta = delta.to(device=x.device, dtype=x.dtype)
         x_cur = (x + project(delta, eps, norm)).clamp(0, 1)
 
-        best_x = x_cur
+        best_x = x_cur.clone()
         best_loss = torch.full((len(x),), float("-inf"), dtype=torch.float64, device=x.device)
         best_ok = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        # The replicas still moving (None: all of them, without the indexing cost).
+        active: Tensor | None = None
 
-        def update(x_it: Tensor, out: Tensor, value: Tensor) -> None:
-            nonlocal best_x, best_loss, best_ok
+        def update(x_it: Tensor, out: Tensor, value: Tensor, y_it: Tensor) -> None:
             score = finite_score(value)
             if success_fn is None:
-                ok = torch.zeros_like(best_ok)
+                ok = torch.zeros_like(score, dtype=torch.bool)
             else:
                 with torch.no_grad():
-                    ok = success_fn(out.detach(), y).to(device=x.device, dtype=torch.bool)
-            better = better_iterate(score, ok, best_loss, best_ok)
-            best_x = torch.where(expand_batch(better, x_it), x_it, best_x)
-            best_loss = torch.where(better, score, best_loss)
-            best_ok = torch.where(better, ok, best_ok)
+                    ok = success_fn(out.detach(), y_it).to(device=x.device, dtype=torch.bool)
+            if active is None:
+                better = better_iterate(score, ok, best_loss, best_ok)
+                best_x.copy_(torch.where(expand_batch(better, x_it), x_it, best_x))
+                best_loss.copy_(torch.where(better, score, best_loss))
+                best_ok.copy_(torch.where(better, ok, best_ok))
+                return
+            old_x, old_loss, old_ok = best_x[active], best_loss[active], best_ok[active]
+            better = better_iterate(score, ok, old_loss, old_ok)
+            best_x[active] = torch.where(expand_batch(better, x_it), x_it, old_x)
+            best_loss[active] = torch.where(better, score, old_loss)
+            best_ok[active] = torch.where(better, ok, old_ok)
 
+        x0, y_act = x, y
         for size in self.step_sizes():
-            out, value, grad = self.loss_and_grad(forward, x_cur, y, loss_fn)
-            update(x_cur, out, value)
+            out, value, grad = self.loss_and_grad(forward, x_cur, y_act, loss_fn)
+            update(x_cur, out, value, y_act)
             stepped = x_cur + size * steepest_direction(grad, norm)
-            x_cur = (x + project(stepped - x, eps, norm)).clamp(0, 1)
+            x_new = (x0 + project(stepped - x0, eps, norm)).clamp(0, 1)
+            if self.params["drop_stationary"]:
+                moving = (x_new != x_cur).flatten(1).any(1)
+                if not bool(moving.all()):
+                    keep = moving.nonzero().squeeze(1)
+                    active = keep if active is None else active[keep]
+                    x_new, x0, y_act = x_new[keep], x0[keep], y_act[keep]
+                if len(x_new) == 0:
+                    return best_x, best_loss, best_ok
+            x_cur = x_new
 
         with torch.no_grad():  # the final iterate needs its loss too
             out = forward(x_cur)
-            update(x_cur, out, loss_fn(out, y))
+            update(x_cur, out, loss_fn(out, y_act), y_act)
         return best_x, best_loss, best_ok

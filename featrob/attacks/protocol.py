@@ -32,6 +32,7 @@ from featrob.attacks.checks import (
     square_gap_warning,
 )
 from featrob.attacks.surrogate import BPDA
+from featrob.distributed import map_batches
 from featrob.errors import ConfigError
 from featrob.progress import Reporter
 from featrob.seeding import sample_seeds
@@ -361,40 +362,46 @@ def _attack_step(
         left = torch.arange(m)
     forward = plan.forward(model)
     attack = plan.attack
-    with progress.bar(len(left), f"attack {plan.label}") as bar:
-        for start in range(0, len(left), batch_size):
-            local = left[start : start + batch_size]
-            rows_idx = todo[local]
-            xb = x[rows_idx].to(device)
-            yb = y[rows_idx].to(device)
-            seeds = sample_seeds(attack.seed, idx[rows_idx]).to(device)
-            x_adv = attack.perturb(forward, xb, yb, sample_seeds=seeds).detach()
-            dist = flat_norm(x_adv - xb, attack.norm)
-            ok = (
-                torch.isfinite(x_adv).flatten(1).all(1)
-                & (dist <= attack.eps * (1 + 1e-5) + 1e-6)
-                & (x_adv.flatten(1).amin(1) >= 0)
-                & (x_adv.flatten(1).amax(1) <= 1)
+
+    def attack_batch(local: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        rows_idx = todo[local]
+        xb = x[rows_idx].to(device)
+        yb = y[rows_idx].to(device)
+        seeds = sample_seeds(attack.seed, idx[rows_idx]).to(device)
+        x_adv = attack.perturb(forward, xb, yb, sample_seeds=seeds).detach()
+        dist = flat_norm(x_adv - xb, attack.norm)
+        ok = (
+            torch.isfinite(x_adv).flatten(1).all(1)
+            & (dist <= attack.eps * (1 + 1e-5) + 1e-6)
+            & (x_adv.flatten(1).amin(1) >= 0)
+            & (x_adv.flatten(1).amax(1) <= 1)
+        )
+        x_adv = torch.where(ok.view(-1, *([1] * (xb.dim() - 1))), x_adv, xb)
+        with torch.no_grad():
+            out = model(x_adv)
+        b_broke = (out.argmax(1) != yb).cpu()
+        b_marg = _margin(out.float(), yb).cpu()
+        b_norm = flat_norm(x_adv - xb, attack.norm).float().cpu()
+        b_adv = x_adv.float().cpu()
+        if entry is not None:
+            entry.write(
+                idx[rows_idx].numpy(),
+                broken=b_broke.numpy(),
+                margin=b_marg.numpy(),
+                norm=b_norm.numpy(),
+                x_adv=b_adv.numpy(),
+                seed=seeds.cpu().numpy(),
             )
-            invalid += int((~ok).sum())
-            x_adv = torch.where(ok.view(-1, *([1] * (xb.dim() - 1))), x_adv, xb)
-            with torch.no_grad():
-                out = model(x_adv)
-            b_broke = (out.argmax(1) != yb).cpu()
-            b_marg = _margin(out.float(), yb).cpu()
-            b_norm = flat_norm(x_adv - xb, attack.norm).float().cpu()
-            broke[local], marg[local], norms[local] = b_broke, b_marg, b_norm
-            x_out[local] = x_adv.float().cpu()
-            if entry is not None:
-                entry.write(
-                    idx[rows_idx].numpy(),
-                    broken=b_broke.numpy(),
-                    margin=b_marg.numpy(),
-                    norm=b_norm.numpy(),
-                    x_adv=x_adv.float().cpu().numpy(),
-                    seed=seeds.cpu().numpy(),
-                )
-            bar.advance(len(local))
+        bar.advance(len(local))
+        return b_broke, b_marg, b_norm, b_adv, int((~ok).sum())
+
+    # Batches of the still-unattacked samples, shared among the ranks of a distributed run.
+    batches = [left[start : start + batch_size] for start in range(0, len(left), batch_size)]
+    with progress.bar(len(left), f"attack {plan.label}") as bar:
+        done = map_batches(batches, attack_batch)
+    for local, (b_broke, b_marg, b_norm, b_adv, b_invalid) in zip(batches, done, strict=True):
+        broke[local], marg[local], norms[local], x_out[local] = b_broke, b_marg, b_norm, b_adv
+        invalid += b_invalid
     return (broke, marg, norms, x_out, invalid), reused
 
 

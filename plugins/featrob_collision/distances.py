@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from featrob.distributed import map_batches, world
 from featrob.seeding import derive_seed
 from featrob_collision.search import SearchConfig, collision_search
 
@@ -111,23 +112,34 @@ def layer_distances(
         values["distance"][todo, 0] = diff
         values["objective"][todo, 0] = 2 * diff**2
         values["converged"][todo, 0] = 1
-        if entry is not None:
+        if entry is not None and world().main:  # every rank computes it; one writes it
             entry.write(pair_keys[todo], **{k: values[k][todo] for k in FIELDS})
         todo = todo[:0]
     mats = None if m is None else projections(seed, layer, n_proj, m, dim, device)
     per_batch = max(1, batch_searches // n_proj)
     batches = [todo[i : i + per_batch] for i in range(0, len(todo), per_batch)]
-    for chunk in progress.track(batches, len(batches), f"collision search {layer}"):
+
+    def search(chunk: np.ndarray) -> dict[str, np.ndarray]:
         ia, ib = np.divmod(chunk, len(xb))
         x = xa[ia].to(device).repeat(n_proj, *([1] * (xa.dim() - 1)))
         xp = xb[ib].to(device).repeat(n_proj, *([1] * (xb.dim() - 1)))
         which = torch.arange(n_proj, device=device).repeat_interleave(len(chunk))
         res = collision_search(f, x, xp, mats, which if mats is not None else None, config)
-        for k in FIELDS:
-            arr = getattr(res, k).detach().double().cpu().numpy().reshape(n_proj, len(chunk))
-            values[k][chunk] = arr.T
+        rows = {
+            k: getattr(res, k).detach().double().cpu().numpy().reshape(n_proj, len(chunk)).T
+            for k in FIELDS
+        }
         if entry is not None:
-            entry.write(pair_keys[chunk], **{k: values[k][chunk] for k in FIELDS})
+            entry.write(pair_keys[chunk], **rows)
+        bar.advance(1)
+        return rows
+
+    # Pair blocks are shared among the ranks of a distributed run (featrob.distributed).
+    with progress.bar(len(batches), f"collision search {layer}") as bar:
+        done = map_batches(batches, search)
+    for chunk, rows in zip(batches, done, strict=True):
+        for k in FIELDS:
+            values[k][chunk] = rows[k]
     return LayerDistances(layer, dim, values, len(todo), time.perf_counter() - start)
 
 

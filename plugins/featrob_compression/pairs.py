@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from featrob.attacks.base import MinimumNormAttack
+from featrob.distributed import map_batches
 from featrob_compression.geometry import nearest_other_class
 from featrob_compression.quantities import PAIR_FIELDS, pair_quantities
 
@@ -122,19 +123,22 @@ def compute_pairs(
     seeds_all = ctx.sample_seeds()
     todo_pos = np.flatnonzero(todo)
     batch = ctx.config.batch_size
+
+    def run_batch(pos: np.ndarray) -> dict[str, np.ndarray]:
+        out = _batch(ctx, attack, x_all, labels, partner, pos, seeds_all, untargeted, points)
+        if entry is not None:
+            fields = {n: out.get(n, rows[n][pos]) for n in (*names, "delta_untargeted")}
+            entry.write(indices[pos], partner=partner_idx[pos], **fields)
+        bar.advance(len(pos))
+        return out
+
+    # Sample batches are shared among the ranks of a distributed run (featrob.distributed).
+    batches = [todo_pos[start : start + batch] for start in range(0, len(todo_pos), batch)]
     with ctx.progress.bar(len(todo_pos), "compression pairs") as bar:
-        for start in range(0, len(todo_pos), batch):
-            pos = todo_pos[start : start + batch]
-            out = _batch(ctx, attack, x_all, labels, partner, pos, seeds_all, untargeted, points)
-            for name, value in out.items():
-                rows[name][pos] = value
-            if entry is not None:
-                entry.write(
-                    indices[pos],
-                    partner=partner_idx[pos],
-                    **{name: rows[name][pos] for name in (*names, "delta_untargeted")},
-                )
-            bar.advance(len(pos))
+        done = map_batches(batches, run_batch)
+    for pos, out in zip(batches, done, strict=True):
+        for name, value in out.items():
+            rows[name][pos] = value
 
     sample, slot = np.nonzero(partner_np >= 0)
     y = labels.numpy()[sample]

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from featrob.attacks.base import Attack
+from featrob.distributed import map_batches
 from featrob.progress import Reporter
 from featrob.store import StoreEntry
 from featrob_sensitivity.extremes import Forward, feature_extremes
@@ -99,18 +100,26 @@ def measure_extremes(
         cells = [
             (s, f) for s, f in cells if len(entry.missing(keys[s : s + sb, f : f + fb].ravel()))
         ]
-    computed = 0
-    for s, f in progress.track(cells, len(cells), label):
-        rows, cols = slice(s, s + sb), slice(f, f + fb)
+
+    def run_cell(cell: tuple[int, int]) -> dict[str, np.ndarray]:
+        rows, cols = slice(cell[0], cell[0] + sb), slice(cell[1], cell[1] + fb)
         feats = torch.as_tensor(features[cols], dtype=torch.long)
         out = feature_extremes(forward, x[rows], feats, attack, seeds[rows])
-        cell: dict[str, Any] = {}
-        for name, arr in zip(FIELDS, out, strict=True):
-            values[name][rows, cols] = arr.detach().double().cpu().numpy()
-            cell[name] = values[name][rows, cols].ravel()
-        computed += cell["clean"].size
+        arrays = (arr.detach().double().cpu().numpy() for arr in out)
+        result = dict(zip(FIELDS, arrays, strict=True))
         if entry is not None:
-            entry.write(keys[rows, cols].ravel(), **cell)
+            entry.write(keys[rows, cols].ravel(), **{k: v.ravel() for k, v in result.items()})
+        bar.advance(1)
+        return result
+
+    # Cells are shared among the ranks of a distributed run (featrob.distributed).
+    with progress.bar(len(cells), label) as bar:
+        done = map_batches(cells, run_cell)
+    computed = 0
+    for (s, f), result in zip(cells, done, strict=True):
+        for name in FIELDS:
+            values[name][s : s + sb, f : f + fb] = result[name]
+        computed += result["clean"].size
     if entry is not None and computed < n * k:
         stored = entry.read(keys.ravel(), FIELDS)
         values = {name: np.asarray(stored[name]).reshape(n, k) for name in FIELDS}

@@ -74,7 +74,10 @@ class FeatureSensitivity(Metric):
         features ("all"): every feature of the layer, or a number: a seeded subset.
         steps (20): PGD steps per feature and direction; random start in the ball.
         rel_step_size (None): step as a fraction of eps; None is PGD's ``2.5 / steps``
-            (eps / 8 at 20 steps), constant schedule; the best iterate is kept.
+            (eps / 8 at 20 steps), constant schedule; the best iterate is kept. A replica
+            whose iterate stops moving (a ReLU feature pushed to 0, a zero gradient, a
+            corner of the box) is dropped from later passes (PGD's exact
+            ``drop_stationary``): most of the speed-up on a 2-core CPU.
         accuracy_steps (20): PGD steps of the robust-accuracy evaluation (0: skip it).
         batch_inputs (None): most PGD replicas (samples x features x 2) per pass; None is
             four times the run's batch size. Memory scales with it; results do not.
@@ -183,7 +186,12 @@ class FeatureSensitivity(Metric):
         base = {"model": ctx.model_fingerprint, **ctx.data_key}
         for eps in self.eps_values(ctx):
             attack = ctx.make_attack(
-                "pgd", eps=eps, norm="linf", steps=o["steps"], rel_step_size=o["rel_step_size"]
+                "pgd",
+                eps=eps,
+                norm="linf",
+                steps=o["steps"],
+                rel_step_size=o["rel_step_size"],
+                drop_stationary=True,
             )
             entry = (
                 None
