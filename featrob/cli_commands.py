@@ -113,6 +113,13 @@ def add_run_command(
         batch_size: Annotated[
             int | None, typer.Option("--batch-size", help="Evaluation batch size.")
         ] = None,
+        max_memory: Annotated[
+            str | None,
+            typer.Option(
+                "--max-memory",
+                help="Memory budget, e.g. 4GiB: chunk sizes are chosen to fit it.",
+            ),
+        ] = None,
         report: Annotated[
             str | None, typer.Option("--report", help="Comma-separated reporters, e.g. json,md.")
         ] = None,
@@ -149,6 +156,7 @@ def add_run_command(
             amp=amp,
             seed=seed,
             batch_size=batch_size,
+            max_memory=max_memory,
             reports=report.split(",") if report else None,
             quiet=quiet,
         )
@@ -276,10 +284,15 @@ def add_train_command(
         config: ConfigOpt = None,
         set_: SetOpt = None,
         quiet: QuietOpt = False,
+        check: Annotated[
+            bool,
+            typer.Option("--check", help="Only validate the settings (names, files); no training."),
+        ] = False,
     ) -> None:
         """Train a model and write a checkpoint with a JSON card (accuracies, versions)."""
         from featrob.prepare import build, fit, load_data, resolve_device, write_checkpoint
         from featrob.progress import Reporter
+        from featrob.runner import check_model_config
         from featrob.specs import parse_fraction
 
         flags = _overrides(
@@ -305,7 +318,10 @@ def add_train_command(
         cfg = RunConfig.load(config, flags, set_)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train_flags))
         host = host_factory()
-        host.training_methods.get(cfg.train.method)  # unknown method: fail before loading data
+        check_model_config(cfg, host)  # unknown names fail before loading data
+        if check:
+            typer.echo(f"config ok: train {cfg.model} on {cfg.dataset} with {cfg.train.method}")
+            return
         progress = Reporter(quiet=cfg.quiet)
         data = load_data(cfg, host)
         net = build(cfg, data, host)

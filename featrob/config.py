@@ -114,6 +114,10 @@ class RunConfig:
         amp: mixed precision for forward passes: None, ``bf16`` or ``fp16``.
         seed: the run seed (per-sample seeds derive from it).
         batch_size: evaluation batch size.
+        max_memory: a memory budget (``"4GiB"``, ``"512MiB"``): chunk sizes (evaluation
+            batches, sensitivity replicas, collision searches) are chosen from the measured
+            per-input cost so that each pass fits it (:mod:`featrob.memory`); None keeps
+            ``batch_size`` and the metrics' own defaults.
         reports: reporter names.
         quiet: no progress bars.
         train: training settings.
@@ -142,6 +146,7 @@ class RunConfig:
     amp: str | None = None
     seed: int = 0
     batch_size: int = 256
+    max_memory: str | None = None
     reports: list[str] = field(default_factory=lambda: ["json", "md", "html"])
     quiet: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -279,6 +284,11 @@ def _validate(cfg: RunConfig) -> RunConfig:
     for key in ("batch_size",):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
+    if cfg.max_memory is not None:
+        from featrob.memory import parse_size
+
+        cfg.max_memory = str(cfg.max_memory)
+        parse_size(cfg.max_memory)
     if cfg.n_per_class is not None and cfg.n_per_class <= 0:
         raise ConfigError(f"n_per_class must be positive, got {cfg.n_per_class}")
     if cfg.split not in ("train", "test"):

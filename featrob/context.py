@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -146,6 +146,50 @@ class RunContext:
             seed=self.config.seed if seed is None else seed,
             **{**spec_params, **params},
         )
+
+    # ------------------------------------------------------------------ memory
+    @property
+    def memory_budget(self) -> int | None:
+        """``--max-memory`` in bytes (None: no budget)."""
+        from featrob.memory import parse_size
+
+        return parse_size(self.config.max_memory)
+
+    def chunk_size(
+        self,
+        forward: Callable[[Tensor], Tensor],
+        default: int,
+        *,
+        work: Callable[[int], object] | None = None,
+        per_item_factor: float = 1.0,
+        extra_per_item: int = 0,
+    ) -> int:
+        """How many items one pass of a loop may take under ``--max-memory``
+        (``default`` without a budget).
+
+        Args:
+            forward: what the loop differentiates; its forward/backward cost per input is
+                measured on an analysed sample (:func:`featrob.memory.footprint`).
+            default: the chunk without a budget.
+            work: the loop body itself, ``work(n)`` on ``n`` items (e.g. two PGD steps on
+                ``n`` replicas): measured instead where peaks can be measured, which counts
+                the loop's own state too.
+            per_item_factor, extra_per_item: without a measured ``work``, scale the pass
+                cost per item (an item that holds several passes) and add bytes an item
+                keeps besides.
+        """
+        from featrob.memory import chunk_for, footprint, loop_footprint
+
+        budget = self.memory_budget
+        if budget is None:
+            return default
+        fp = None if work is None else loop_footprint(work, self.device)
+        if fp is not None:  # the loop itself, measured
+            return chunk_for(budget, fp.per_input, fixed=fp.fixed, default=default)
+        probe = self.split.float_images(torch.arange(1)).to(self.device)
+        fp = footprint(forward, probe)
+        per_item = int(fp.per_input * per_item_factor) + extra_per_item
+        return chunk_for(budget, per_item, fixed=fp.fixed, default=default)
 
     def run_attacks(self) -> list[Attack]:
         """The run's configured attacks (``--attack``; presets expanded), instantiated."""

@@ -87,21 +87,32 @@ def check_config(config: RunConfig, host: PluginHost) -> list[str]:
     Raises:
         FeatrobError: the first problem found, as one line (close matches for names).
     """
-    from featrob.specs import split_spec
-
     metrics, _ = select_metrics(config, host)
     for name in config.reports:
         host.reporters.get(name)
     check_before_work(config, host, metrics)
+    check_model_config(config, host, training=not config.weights)
+    return [entry.name for entry in metrics]
+
+
+def check_model_config(config: RunConfig, host: PluginHost, *, training: bool = True) -> None:
+    """The model, data set, head and (when ``training``) training method names exist; what
+    ``featrob train --check`` checks. A ``module:factory`` model is imported only by a real
+    run or training.
+
+    Raises:
+        FeatrobError: the first unknown name, with close matches.
+    """
+    from featrob.specs import split_spec
+
     model_name, arg = split_spec(config.model)
     if model_name in host.models or not ("." in model_name or arg is not None):
-        host.models.get(model_name)  # a module:factory spec is imported only by a real run
+        host.models.get(model_name)
     host.datasets.get(split_spec(config.dataset)[0])
-    if not config.weights:
+    if training:
         host.training_methods.get(config.train.method)
     if config.head is not None:
         host.heads.get(config.head)
-    return [entry.name for entry in metrics]
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -167,6 +178,7 @@ def run(
     model, card = prepare_model(config, data, host, device, progress)
     if here.main:
         here.barrier()
+    config, memory = _fit_batch_to_budget(config, model, split, device)
     store_path = config.store_path()
     store = FeatureStore(store_path) if store_path is not None else None
     fingerprint = model.fingerprint()
@@ -184,6 +196,7 @@ def run(
             "model_fingerprint": fingerprint,
             "model_card": card,
             "world_size": here.size,
+            "memory": memory,
         },
     )
     out = Path(config.out)
@@ -212,6 +225,34 @@ def run(
     if json_reporter is not None:
         json_reporter.write(results, out)
     return results
+
+
+def _fit_batch_to_budget(
+    config: RunConfig, model: torch.nn.Module, split: Any, device: torch.device
+) -> tuple[RunConfig, dict[str, Any] | None]:
+    """With ``--max-memory``, the evaluation batch whose forward/backward pass fits it.
+
+    The per-input cost is measured on the model (:func:`featrob.memory.footprint`); the
+    resolved config records the batch size chosen. Attacks that replicate their inputs
+    (batched restarts) hold that many passes at once: give them the budget divided by their
+    replication, or ``batch_restarts=false``.
+    """
+    import dataclasses
+
+    from featrob.memory import chunk_for, footprint, parse_size
+
+    budget = parse_size(config.max_memory)
+    if budget is None:
+        return config, None
+    fp = footprint(model, split.float_images(torch.arange(1)).to(device))
+    batch = chunk_for(budget, fp.per_input, fixed=fp.fixed, default=config.batch_size)
+    memory = {
+        "budget_bytes": budget,
+        "per_input_bytes": fp.per_input,
+        "fixed_bytes": fp.fixed,
+        "batch_size": batch,
+    }
+    return dataclasses.replace(config, batch_size=batch), memory
 
 
 def _run_metric(entry: Entry[Any], ctx: RunContext, progress: Reporter) -> MetricResult:

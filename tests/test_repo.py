@@ -146,3 +146,37 @@ def test_every_readme_run_command_is_a_valid_config(monkeypatch: pytest.MonkeyPa
             argv = [str(ROOT / a) if a.startswith("examples/") else a for a in argv]
         result = CliRunner().invoke(app, [*argv[1:], "--check"])
         assert result.exit_code == 0, f"{' '.join(argv)}\n{result.output}"
+
+
+def test_every_readme_train_command_is_a_valid_config(tmp_path: Path, monkeypatch):
+    """Each `featrob train ...` line of the README passes `--check` (names, files)."""
+    from typer.testing import CliRunner
+
+    from featrob.cli import create_app
+    from featrob.plugins import PluginHost
+
+    commands = [c for c in _readme_commands("featrob train") if "SPEC" not in c]  # synopsis
+    assert len(commands) >= 3
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fc.pt").write_bytes(b"")  # the README's --init example names a checkpoint
+    app = create_app(lambda: PluginHost())
+    for argv in commands:
+        if "--out" not in argv:
+            argv = [*argv, "--out", "model.pt"]
+        result = CliRunner().invoke(app, [*argv[1:], "--check"])
+        assert result.exit_code == 0, f"{' '.join(argv)}\n{result.output}"
+        assert "config ok" in result.output
+    bad = CliRunner().invoke(app, ["train", "--method", "tradez", "--out", "m.pt", "--check"])
+    assert bad.exit_code != 0 and "did you mean 'trades'" in bad.output
+
+
+def test_every_readme_python_module_line_has_a_working_help():
+    """Each `python -m MODULE ...` line of the README names a module with a working --help
+    (the benchmarks themselves run in test_benchmark_suite_quick_mode_runs)."""
+    modules = {argv[2] for argv in _readme_commands("python -m")}
+    assert {"benchmarks", "benchmarks.collision", "benchmarks.sensitivity"} <= modules
+    for module in sorted(modules):
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert proc.returncode == 0 and "usage" in proc.stdout.lower(), module + proc.stderr

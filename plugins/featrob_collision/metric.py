@@ -23,8 +23,8 @@ from featrob.metrics import Metric
 from featrob.options import bool_param, float_param, int_param
 from featrob.results import MetricResult
 from featrob_collision.curves import curve_figures, default_eps_grid, layer_curves, layer_summary
-from featrob_collision.distances import entry_key, layer_distances
-from featrob_collision.search import SearchConfig
+from featrob_collision.distances import entry_key, extractor, layer_distances
+from featrob_collision.search import SearchConfig, collision_search
 
 if TYPE_CHECKING:
     from featrob.context import RunContext
@@ -48,7 +48,10 @@ class LayerCollisions(Metric):
         solver ("auto"): cross-entropy solver (``flow``, ``clarabel``, ``scs``).
         alpha (0.5), gamma (0.9), max_iter (50), tol (1e-4): Algorithm 1's settings.
         box (False): keep colliding inputs in [0, 1].
-        batch_searches (512): searches (pairs x projections) per batch.
+        batch_searches (None): searches (pairs x projections) per batch; None is what fits
+            the run's ``--max-memory`` at each layer (two points per search, each holding
+            its forward pass, ``m`` backward passes and an ``m x n0`` Jacobian), or 512
+            without a budget.
         fab (True): FAB's error curve at the logits beside the collision curve.
     """
 
@@ -72,7 +75,7 @@ class LayerCollisions(Metric):
         "max_iter": 50,
         "tol": 1e-4,
         "box": False,
-        "batch_searches": 512,
+        "batch_searches": None,
         "fab": True,
     }
 
@@ -82,7 +85,8 @@ class LayerCollisions(Metric):
         for key, low in (("per_class", 1), ("m", 1), ("projections", 1), ("eps_points", 1)):
             o[key] = int_param(n, key, o[key], low)
         o["max_iter"] = int_param(n, "max_iter", o["max_iter"], 1)
-        o["batch_searches"] = int_param(n, "batch_searches", o["batch_searches"], 1)
+        if o["batch_searches"] is not None:
+            o["batch_searches"] = int_param(n, "batch_searches", o["batch_searches"], 1)
         for key in ("no_projection", "box", "fab"):
             o[key] = bool_param(n, key, o[key])
         for key in ("alpha", "gamma", "tol"):
@@ -128,6 +132,37 @@ class LayerCollisions(Metric):
         if out[0] == out[1]:
             raise ConfigError(f"{self.name}: the two classes must differ")
         return out[0], out[1]
+
+    @staticmethod
+    def searches_per_batch(ctx: RunContext, layer: str, m: int | None) -> int:
+        """Searches per batch at ``layer`` under the run's ``--max-memory`` (512 without):
+        two iterations of the real search measured at two batch sizes."""
+        if ctx.memory_budget is None:
+            return 512
+        f = extractor(ctx.model, layer)
+        probe = ctx.split.float_images(torch.arange(2)).to(ctx.device)
+        with torch.no_grad():
+            dim = int(f(probe[:1]).shape[1])
+        mats = None if m is None else torch.randn(1, m, dim, device=ctx.device)
+        short = SearchConfig(max_iter=2, polish=0)
+
+        def searches(n: int) -> None:
+            x = probe[:1].repeat(n, *([1] * (probe.dim() - 1)))
+            xp = probe[1:2].repeat(n, *([1] * (probe.dim() - 1)))
+            which = None if mats is None else torch.zeros(n, dtype=torch.long, device=ctx.device)
+            collision_search(f, x, xp, mats, which, short)
+
+        # fallback without a measurable peak: two points per search, each a forward pass
+        # kept for ``m`` backward passes, its m x n0 Jacobian and ~8 iterate tensors
+        n0 = int(probe[0].numel())
+        rows = dim if m is None else m
+        return ctx.chunk_size(
+            f,
+            512,
+            work=searches,
+            per_item_factor=1 + rows,
+            extra_per_item=2 * (rows + 8) * n0 * 4,
+        )
 
     def pick_layers(self, ctx: RunContext) -> list[str]:
         """``input``, then the requested layers (resolved; unknown names fail with matches)."""
@@ -182,7 +217,7 @@ class LayerCollisions(Metric):
                 count=o["projections"],
                 seed=ctx.config.seed,
                 config=cfg,
-                batch_searches=o["batch_searches"],
+                batch_searches=o["batch_searches"] or self.searches_per_batch(ctx, layer, m),
                 device=ctx.device,
                 entry=entry,
                 progress=ctx.progress,

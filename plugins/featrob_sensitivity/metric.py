@@ -26,6 +26,7 @@ from featrob.metrics import Metric
 from featrob.options import int_param
 from featrob.results import MetricResult
 from featrob.specs import parse_fraction
+from featrob_sensitivity.extremes import feature_extremes
 from featrob_sensitivity.measure import FeatureExtremes, entry_key, measure_extremes
 from featrob_sensitivity.report import build_result
 from featrob_sensitivity.theorem import feature_scales, head_weight, margins
@@ -80,7 +81,9 @@ class FeatureSensitivity(Metric):
             ``drop_stationary``): most of the speed-up on a 2-core CPU.
         accuracy_steps (20): PGD steps of the robust-accuracy evaluation (0: skip it).
         batch_inputs (None): most PGD replicas (samples x features x 2) per pass; None is
-            four times the run's batch size. Memory scales with it; results do not.
+            what fits the run's ``--max-memory`` (the extractor's forward/backward cost per
+            input, measured), or four times the run's batch size without a budget. Memory
+            scales with it; results do not.
         compare (None): a training method (``"pgd"``, ``"trades"``), a checkpoint, or a list
             of them: the same analysis on those models, side by side.
         bins (30): histogram bins of the figures.
@@ -152,6 +155,22 @@ class FeatureSensitivity(Metric):
         chosen = ctx.rng("sensitivity.samples").choice(n, self.options["samples"], replace=False)
         return np.sort(chosen)
 
+    def replicas_per_pass(self, ctx: RunContext, forward, x: torch.Tensor) -> int:
+        """PGD replicas per pass: what fits ``--max-memory`` (two PGD steps of the real cell
+        measured at two sizes), or four evaluation batches without a budget."""
+        probe_attack = ctx.make_attack("pgd", eps=0.1, norm="linf", steps=2)
+        seeds = ctx.sample_seeds().to(ctx.device)
+        with torch.no_grad():
+            dim = int(forward(x[:1]).shape[1])
+
+        def cell(n: int) -> None:  # n replicas: b samples x k features x 2 directions
+            b = max(1, min(len(x), n // 2))
+            k = max(1, n // (2 * b))
+            features = torch.arange(k) % dim
+            feature_extremes(forward, x[:b], features, probe_attack, seeds[:b])
+
+        return ctx.chunk_size(forward, 4 * ctx.config.batch_size, work=cell)
+
     def analyse(self, label: str, ctx: RunContext) -> ModelSensitivity:
         """Extremes at every eps, margins, robust accuracy for one model on the subset."""
         o = self.options
@@ -181,7 +200,7 @@ class FeatureSensitivity(Metric):
             margin=margins(logits, ctx.labels),
             clean_accuracy=float((logits.argmax(1) == ctx.labels).double().mean()),
         )
-        batch_inputs = o["batch_inputs"] or 4 * ctx.config.batch_size
+        batch_inputs = o["batch_inputs"] or self.replicas_per_pass(ctx, forward, x)
         seeds = ctx.sample_seeds().to(ctx.device)
         base = {"model": ctx.model_fingerprint, **ctx.data_key}
         for eps in self.eps_values(ctx):

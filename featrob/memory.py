@@ -1,0 +1,227 @@
+"""A memory budget (``--max-memory``) turned into chunk sizes.
+
+The costly loops of featrob (attack batches, sensitivity replicas, collision searches) hold
+memory linear in their chunk. This module measures the per-input cost of one forward and
+backward pass on the real model and picks the largest chunk that fits the budget, so a
+run's peak memory follows ``--max-memory`` instead of a hand-tuned batch size.
+
+How the cost is measured (:func:`footprint`), for two probe batch sizes, the difference
+being the per-input cost:
+
+* on CUDA, the allocator's peak (``torch.cuda.max_memory_allocated``) of the pass: exact;
+* on Linux CPUs, the process's peak resident memory during the pass (``VmHWM`` of
+  ``/proc/self/status``, reset through ``/proc/self/clear_refs``, freed heap returned with
+  ``malloc_trim`` first): what the kernel sees, workspaces of the convolution kernels
+  included; a little noisy;
+* elsewhere, the bytes autograd saves for backward (``saved_tensors_hooks``), times
+  :data:`BACKWARD_FACTOR`: a lower estimate (kernel workspaces are not saved tensors).
+
+The loop's own state per input (iterates, gradients, best points: ``state_tensors``
+copies of the input) is added. The scaling table in the README compares budgets with the
+peak memory measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from featrob.errors import ConfigError
+
+#: A backward pass holds about as much memory again as the saved activations.
+BACKWARD_FACTOR = 2.0
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(text: str | int | float | None) -> int | None:
+    """``"4GiB"``, ``"512MB"``, ``"2g"``, ``1e9`` -> bytes (binary units); None stays None.
+
+    Raises:
+        ConfigError: not a size, or not positive.
+    """
+    if text is None:
+        return None
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.I)
+        if match is None:
+            raise ConfigError(
+                f"max_memory: {text!r} is not a size; use e.g. 4GiB, 512MiB or a byte count"
+            )
+        value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not value > 0:
+        raise ConfigError(f"max_memory must be positive, got {text!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Memory of one forward/backward pass: ``fixed + per_input * batch`` bytes."""
+
+    per_input: int
+    fixed: int
+
+    def bytes_for(self, batch: int) -> int:
+        """Estimated bytes of a pass over ``batch`` inputs."""
+        return self.fixed + self.per_input * batch
+
+
+def _saved_bytes(forward: Callable[[Tensor], Tensor], x: Tensor) -> int:
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        # count each storage once (a tensor saved by two ops is kept once)
+        key = t.untyped_storage().data_ptr()
+        seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        xi = x.detach().requires_grad_(True)
+        out = forward(xi)
+    pack(xi), pack(out)  # the input and the output are held too (once, like any storage)
+    return sum(seen.values())
+
+
+def saved_footprint(forward: Callable[[Tensor], Tensor], probe: Tensor) -> Footprint:
+    """The estimate from the tensors autograd saves for backward (for 1 and 2 copies of
+    ``probe[:1]``), times :data:`BACKWARD_FACTOR` per input: a lower bound of a pass."""
+    one = probe[:1].clone()
+    b1 = _saved_bytes(forward, one)
+    b2 = _saved_bytes(forward, one.repeat(2, *([1] * (one.dim() - 1))))
+    per = max(b2 - b1, 1)
+    return Footprint(per_input=int(per * BACKWARD_FACTOR), fixed=max(b1 - per, 0))
+
+
+def _pass(forward: Callable[[Tensor], Tensor], x: Tensor) -> None:
+    with torch.enable_grad():
+        xi = x.detach().requires_grad_(True)
+        torch.autograd.grad(forward(xi).float().sum(), xi, allow_unused=True)
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(field: str) -> int:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in {_STATUS}")
+
+
+def _can_measure_cpu() -> bool:
+    try:
+        _CLEAR_REFS.write_text("5")
+        _status_kib("VmHWM")
+    except OSError:
+        return False
+    return True
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Memory ``fn()`` takes at its peak above what was in use before it.
+
+    CUDA: the allocator's peak (exact). CPU: the process's peak resident memory
+    (``VmHWM``, reset through ``/proc/self/clear_refs``; freed heap returned with
+    ``malloc_trim`` first), the smaller of two runs (a stray allocation elsewhere only adds).
+
+    Raises:
+        OSError: the peak cannot be measured here (not Linux).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    import ctypes
+    import gc
+
+    peaks = []
+    for _ in range(2):
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        _CLEAR_REFS.write_text("5")  # peak resident memory := current
+        base = _status_kib("VmRSS")
+        fn()
+        peaks.append((_status_kib("VmHWM") - base) * 1024)
+    return min(peaks)
+
+
+def _measurable(device: torch.device) -> bool:
+    return device.type == "cuda" or (device.type == "cpu" and _can_measure_cpu())
+
+
+def loop_footprint(
+    work: Callable[[int], object], device: torch.device, *, small: int = 8, large: int = 64
+) -> Footprint | None:
+    """The memory of ``work(n)``, a loop body over ``n`` items (e.g. two PGD steps on ``n``
+    replicas), measured at two sizes; None where peaks cannot be measured.
+
+    Measuring the loop itself counts what a pass-only estimate misses: its iterates,
+    gradients, best points and index copies.
+    """
+    if not _measurable(device):
+        return None
+    peaks = [peak_bytes(lambda n=n: work(n), device) for n in (small, large)]
+    per = max((peaks[1] - peaks[0]) // (large - small), 1)
+    return Footprint(per_input=int(per), fixed=int(max(peaks[0] - per * small, 0)))
+
+
+def footprint(
+    forward: Callable[[Tensor], Tensor], probe: Tensor, *, state_tensors: int = 8
+) -> Footprint:
+    """The memory of a forward/backward pass of ``forward``: ``fixed + per_input * batch``.
+
+    Measured (:func:`peak_bytes`) on 8 and 40 copies of ``probe[:1]`` where possible, never
+    below what autograd provably saves; else the saved-tensor estimate.
+
+    Args:
+        forward: what the loop differentiates (the model, or an extractor up to a layer).
+        probe: at least one real input (its shape and dtype matter, not its values).
+        state_tensors: input-sized tensors the loop keeps per input besides the pass
+            (an attack's start, iterate, step, gradient, best point...).
+    """
+    one = probe[:1].clone()  # its own storage (a view would count the whole probe)
+    state = state_tensors * one.numel() * one.element_size()
+    saved = saved_footprint(forward, one)
+    measured = loop_footprint(
+        lambda n: _pass(forward, one.repeat(n, *([1] * (one.dim() - 1)))),
+        one.device,
+        small=8,
+        large=40,
+    )
+    if measured is None:
+        return Footprint(per_input=saved.per_input + state, fixed=saved.fixed)
+    return Footprint(
+        per_input=max(measured.per_input, saved.per_input) + state,
+        fixed=max(measured.fixed, saved.fixed),
+    )
+
+
+def chunk_for(
+    budget: int | None, per_item: int, *, fixed: int = 0, default: int, low: int = 1
+) -> int:
+    """The largest chunk whose estimate ``fixed + per_item * chunk`` fits ``budget``.
+
+    Args:
+        budget: bytes, or None for no budget (then ``default``).
+        per_item: bytes per chunk element.
+        fixed: bytes that do not grow with the chunk.
+        default: the chunk without a budget. With one, the chunk is what fits: smaller
+            or larger than ``default``.
+        low: the smallest useful chunk, returned even when the budget is too small.
+    """
+    if budget is None:
+        return default
+    return max(low, (budget - fixed) // max(per_item, 1))
