@@ -24,8 +24,9 @@ never touches ``torch.distributed``.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -113,6 +114,26 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None and world().size > 1:
         return torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block before the others do (one process: just runs it).
+
+    For work that fills a cache every rank then reads (training a model, a head): rank 0
+    trains and writes, the others wait and load what it wrote instead of training too.
+    """
+    here = world()
+    if here.size == 1:
+        yield
+        return
+    if not here.main:
+        here.barrier()
+    try:
+        yield
+    finally:
+        if here.main:
+            here.barrier()
 
 
 def map_batches(batches: Sequence[T], fn: Callable[[T], R]) -> list[R]:

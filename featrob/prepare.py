@@ -11,6 +11,7 @@ import torch
 from featrob.config import RunConfig, TrainConfig, featrob_home
 from featrob.data import load_dataset
 from featrob.data.base import DatasetBundle
+from featrob.distributed import main_first
 from featrob.errors import ConfigError, ModelError
 from featrob.models import build_model, load_weights, save_checkpoint, warm_start
 from featrob.models.base import FeatrobModel
@@ -192,8 +193,9 @@ def prepare_model(
     model = build(config, data, host)
     if config.weights:
         card = load_weights(model, config.weights)
-    else:
-        path = cached_model_path(config, data)
+        return model.to(device).eval(), card
+    path = cached_model_path(config, data)
+    with main_first():  # under torchrun rank 0 trains, the others load its cache
         if path.exists():
             progress.log(f"loading cached model {path}")
             card = load_weights(model, path)

@@ -173,11 +173,7 @@ def run(
     split = data.split(config.split)
     if config.n_per_class:
         split = split.balanced_subset(config.n_per_class, config.seed)
-    if not here.main:
-        here.barrier()  # rank 0 trains (or loads) the model and caches it first
-    model, card = prepare_model(config, data, host, device, progress)
-    if here.main:
-        here.barrier()
+    model, card = prepare_model(config, data, host, device, progress)  # rank 0 trains first
     config, memory = _fit_batch_to_budget(config, model, split, device)
     store_path = config.store_path()
     store = FeatureStore(store_path) if store_path is not None else None
@@ -239,11 +235,12 @@ def _fit_batch_to_budget(
     """
     import dataclasses
 
-    from featrob.memory import chunk_for, footprint, parse_size
+    from featrob.memory import chunk_for, footprint, parse_size, tame_allocator
 
     budget = parse_size(config.max_memory)
     if budget is None:
         return config, None
+    tame_allocator()  # freed memory back to the kernel, so the budget holds for the run
     fp = footprint(model, split.float_images(torch.arange(1)).to(device))
     batch = chunk_for(budget, fp.per_input, fixed=fp.fixed, default=config.batch_size)
     memory = {

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from featrob.config import TrainConfig, featrob_home
+from featrob.distributed import main_first
 from featrob.models.base import FeatrobModel
 from featrob.models.heads import L2Head
 from featrob.store import key_digest
@@ -73,25 +74,26 @@ def hpm_model(
         "seed": ctx.config.seed,
     }
     path = featrob_home() / "models" / f"hpm-{key_digest(key)}.pt"
-    cached = path.exists()
-    if cached:
-        head.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
-    else:
-        train(
-            model,
-            ctx.data,
-            config,
-            ctx.host.training_methods,
-            eps=ctx.config.eps,
-            norm=ctx.config.norm,
-            device=ctx.device,
-            seed=ctx.config.seed,
-            progress=ctx.progress,
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(head.state_dict(), tmp)
-        tmp.replace(path)
+    with main_first():  # under torchrun rank 0 trains the head, the others load it
+        cached = path.exists()
+        if cached:
+            head.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
+        else:
+            train(
+                model,
+                ctx.data,
+                config,
+                ctx.host.training_methods,
+                eps=ctx.config.eps,
+                norm=ctx.config.norm,
+                device=ctx.device,
+                seed=ctx.config.seed,
+                progress=ctx.progress,
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(head.state_dict(), tmp)
+            tmp.replace(path)
     info = {"fc_adopted": adopted, "cached": cached, "loss": loss, "epochs": config.epochs}
     return model.eval(), info
 
