@@ -113,6 +113,10 @@ def add_run_command(
         batch_size: Annotated[
             int | None, typer.Option("--batch-size", help="Evaluation batch size.")
         ] = None,
+        channels_last: Annotated[
+            bool,
+            typer.Option("--channels-last", help="Channels-last convolutions (GPU speed)."),
+        ] = False,
         max_memory: Annotated[
             str | None,
             typer.Option(
@@ -157,6 +161,7 @@ def add_run_command(
             seed=seed,
             batch_size=batch_size,
             max_memory=max_memory,
+            channels_last=channels_last,
             reports=report.split(",") if report else None,
             quiet=quiet,
         )

@@ -178,11 +178,12 @@ class RunContext:
                 cost per item (an item that holds several passes) and add bytes an item
                 keeps besides.
         """
-        from featrob.memory import chunk_for, footprint, loop_footprint
+        from featrob.memory import chunk_for, footprint, loop_footprint, tame_allocator
 
         budget = self.memory_budget
         if budget is None:
             return default
+        tame_allocator()  # see featrob.memory: without it no CPU budget holds
         fp = None if work is None else loop_footprint(work, self.device)
         if fp is not None:  # the loop itself, measured
             return chunk_for(budget, fp.per_input, fixed=fp.fixed, default=default)

@@ -25,6 +25,7 @@ from featrob.models.base import FeatrobModel
 from featrob.progress import Reporter
 from featrob.seeding import sample_seeds
 from featrob.store import FeatureStore
+from featrob.transfer import to_device
 
 
 @dataclass
@@ -241,12 +242,12 @@ class Extractor:
         self, attack: Attack | None, pos: np.ndarray, batch_idx: np.ndarray
     ) -> Tensor:
         if attack is None:
-            return self.split.float_images(torch.from_numpy(pos)).to(self.device)
-        return torch.from_numpy(self._read("input", attack, batch_idx)).to(self.device)
+            return to_device(self.split.float_images(torch.from_numpy(pos)), self.device)
+        return to_device(torch.from_numpy(self._read("input", attack, batch_idx)), self.device)
 
     def _attack_batch(self, attack: Attack, pos: np.ndarray, batch_idx: np.ndarray) -> np.ndarray:
-        x = self.split.float_images(torch.from_numpy(pos)).to(self.device)
-        y = self.split.labels[torch.from_numpy(pos)].to(self.device)
+        x = to_device(self.split.float_images(torch.from_numpy(pos)), self.device)
+        y = to_device(self.split.labels[torch.from_numpy(pos)], self.device)
         seeds = sample_seeds(attack.seed, batch_idx)
         with autocast_context(self.device, self.amp):
             x_adv = attack.perturb(self.model, x, y, sample_seeds=seeds)

@@ -5,20 +5,20 @@ memory linear in their chunk. This module measures the per-input cost of one for
 backward pass on the real model and picks the largest chunk that fits the budget, so a
 run's peak memory follows ``--max-memory`` instead of a hand-tuned batch size.
 
-How the cost is measured (:func:`footprint`), for two probe batch sizes, the difference
-being the per-input cost:
+How a cost is measured: the loop itself (:func:`loop_footprint`, e.g. two PGD steps of the
+real sensitivity cell) or one forward/backward pass of the model (:func:`footprint`), each
+at two sizes, the difference giving the cost per item:
 
-* on CUDA, the allocator's peak (``torch.cuda.max_memory_allocated``) of the pass: exact;
-* on Linux CPUs, the process's peak resident memory during the pass (``VmHWM`` of
-  ``/proc/self/status``, reset through ``/proc/self/clear_refs``, freed heap returned with
-  ``malloc_trim`` first): what the kernel sees, workspaces of the convolution kernels
-  included; a little noisy;
-* elsewhere, the bytes autograd saves for backward (``saved_tensors_hooks``), times
+* on CUDA, the allocator's peak (``torch.cuda.max_memory_allocated``): exact;
+* on Linux CPUs, the process's peak resident memory (``VmHWM`` of ``/proc/self/status``,
+  reset through ``/proc/self/clear_refs``, freed heap returned with ``malloc_trim``
+  first): what the kernel sees, convolution workspaces included;
+* elsewhere, the bytes autograd saves for backward (:func:`saved_footprint`), times
   :data:`BACKWARD_FACTOR`: a lower estimate (kernel workspaces are not saved tensors).
 
-The loop's own state per input (iterates, gradients, best points: ``state_tensors``
-copies of the input) is added. The scaling table in the README compares budgets with the
-peak memory measured.
+On CPU a budget also fixes glibc's mmap threshold (:func:`tame_allocator`), without which
+resident memory grows with the number of steps and no budget holds. The scaling table in
+the README compares budgets with the peak memory measured.
 """
 
 from __future__ import annotations

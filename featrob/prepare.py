@@ -193,7 +193,7 @@ def prepare_model(
     model = build(config, data, host)
     if config.weights:
         card = load_weights(model, config.weights)
-        return model.to(device).eval(), card
+        return _placed(model, config, device), card
     path = cached_model_path(config, data)
     with main_first():  # under torchrun rank 0 trains, the others load its cache
         if path.exists():
@@ -215,4 +215,12 @@ def prepare_model(
                 progress=progress,
             )
             write_checkpoint(model, path, card)
-    return model.to(device).eval(), card
+    return _placed(model, config, device), card
+
+
+def _placed(model: FeatrobModel, config: RunConfig, device: torch.device) -> FeatrobModel:
+    """The model on ``device`` in eval mode, its convolutions channels-last if asked."""
+    model = model.to(device).eval()
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # conv weights; inputs follow
+    return model

@@ -30,6 +30,7 @@ from featrob.options import merge_options
 from featrob.progress import Reporter
 from featrob.registry import Registry
 from featrob.seeding import derive_seed, sample_seeds
+from featrob.transfer import to_device
 
 
 class TrainingMethod(ABC):
@@ -236,8 +237,8 @@ def _batches(
     order = torch.randperm(len(split), generator=gen)
     for start in range(0, len(order), batch_size):
         pos = order[start : start + batch_size]
-        x = split.float_images(pos).to(device, non_blocking=True)
-        y = split.labels[pos].to(device, non_blocking=True)
+        x = to_device(split.float_images(pos), device)
+        y = to_device(split.labels[pos], device)
         if augment:
             x = random_crop_flip(x, gen)
         yield x, y
@@ -279,8 +280,8 @@ def accuracy(
     starts = range(0, len(split), batch_size)
     for start in progress.track(starts, len(starts), what):
         pos = torch.arange(start, min(start + batch_size, len(split)))
-        x = split.float_images(pos).to(device)
-        y = split.labels[pos].to(device)
+        x = to_device(split.float_images(pos), device)
+        y = to_device(split.labels[pos], device)
         if attack is not None:
             x = attack.perturb(model, x, y, sample_seeds=sample_seeds(seed, split.indices[pos]))
         with torch.no_grad():

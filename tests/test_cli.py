@@ -173,6 +173,7 @@ def test_train_unknown_method_has_close_match(tmp_path: Path):
 
 
 def test_subprocess_run(tmp_path: Path):
+    # `python -m featrob` end to end; one plugin (every metric runs in the in-process tests)
     env = {**os.environ, "FEATROB_HOME": os.environ["FEATROB_HOME"]}
     cmd = [
         sys.executable,
@@ -180,6 +181,8 @@ def test_subprocess_run(tmp_path: Path):
         "featrob",
         "run",
         *FAST,
+        "--plugin",
+        "accuracy",
         "--store",
         str(tmp_path / "s"),
         "--out",

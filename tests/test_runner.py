@@ -83,7 +83,11 @@ def test_python_api_run_with_lifecycle_hooks(tmp_path: Path):
 def test_default_run_records_broken_plugins_but_runs_the_rest(tmp_path: Path):
     host = PluginHost()
     host.add_path(str(_broken_file(tmp_path)))
-    results = featrob.run({**FAST, "out": str(tmp_path / "o"), "store": "none"}, host=host)
+    # a default run (no plugin selected); the costly analysis plugins are left out with
+    # --no-plugin, which keeps the default-run semantics this test is about
+    heavy = ["collision", "compression", "hpm", "scale", "sensitivity"]
+    config = {**FAST, "out": str(tmp_path / "o"), "store": "none", "no_plugins": heavy}
+    results = featrob.run(config, host=host)
     assert results.failed
     assert any("broken_plugin" in e and "on purpose" in e for e in results.errors)
     assert results.metrics["clean_accuracy"].error is None
@@ -108,3 +112,44 @@ def test_metrics_share_the_store_between_runs(tmp_path: Path):
     assert entries == 2
     (step,) = second.metrics["robust_accuracy"].tables["attacks"]
     assert step["from_store"] == step["attacked"] > 0
+
+
+def test_channels_last_gives_the_default_results(tmp_path):
+    """``channels_last`` changes the memory format of the convolutions, not the results
+    (the documented tolerance: logits to 1e-5; accuracies equal here)."""
+    import torch
+
+    from featrob.prepare import prepare_model
+    from featrob.runner import run
+    from featrob.transfer import to_device
+
+    common = {
+        "n_per_class": 5,
+        "attacks": ["pgd(steps=5)"],
+        "plugins": ["accuracy"],
+        "quiet": True,
+        "store": "none",
+        "reports": ["json"],
+    }
+    plain = run({**common, "out": str(tmp_path / "a")})
+    fast = run({**common, "out": str(tmp_path / "b"), "channels_last": True})
+    for name in ("clean_accuracy", "robust_accuracy"):
+        assert plain.metrics[name].summary == fast.metrics[name].summary
+    assert plain.environment["model_fingerprint"] == fast.environment["model_fingerprint"]
+
+    from featrob.config import RunConfig
+    from featrob.plugins import PluginHost
+    from featrob.prepare import load_data
+    from featrob.progress import Reporter
+
+    host, cpu = PluginHost(), torch.device("cpu")
+    cfg = RunConfig.from_dict({"channels_last": True, "quiet": True})
+    data = load_data(cfg, host)
+    model, _ = prepare_model(cfg, data, host, cpu, Reporter(quiet=True))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = to_device(data.test.float_images(torch.arange(20)), cpu)
+    default = RunConfig.from_dict({"quiet": True})
+    reference, _ = prepare_model(default, data, host, cpu, Reporter(quiet=True))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)

@@ -37,6 +37,7 @@ from featrob.errors import ConfigError
 from featrob.progress import Reporter
 from featrob.seeding import sample_seeds
 from featrob.specs import parse_call
+from featrob.transfer import to_device
 
 Forward = Callable[[Tensor], Tensor]
 
@@ -365,8 +366,8 @@ def _attack_step(
 
     def attack_batch(local: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
         rows_idx = todo[local]
-        xb = x[rows_idx].to(device)
-        yb = y[rows_idx].to(device)
+        xb = to_device(x[rows_idx], device)
+        yb = to_device(y[rows_idx], device)
         seeds = sample_seeds(attack.seed, idx[rows_idx]).to(device)
         x_adv = attack.perturb(forward, xb, yb, sample_seeds=seeds).detach()
         dist = flat_norm(x_adv - xb, attack.norm)
@@ -429,7 +430,7 @@ def _logits_batched(
 ) -> Tensor:
     outs = []
     for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size].to(device)
+        xb = to_device(x[start : start + batch_size], device)
         out, notes = check_outputs(model, xb)
         if start == 0 and check:
             warnings += notes + check_randomized(model, xb, out)
