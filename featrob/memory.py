@@ -50,17 +50,25 @@ def tame_allocator() -> bool:
     is only meaningful with a fixed threshold, so ``--max-memory`` sets it (128 KiB, glibc's
     default before it adapts). Returns whether it was set.
     """
+    libc = _libc()
+    if libc is None:
+        return False
+    try:
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024))
+    except AttributeError:  # a C library without mallopt
+        return False
+
+
+def _libc():
+    """The C library through ctypes, or None."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024))
-    except (OSError, AttributeError):
-        return False
+        return None if name is None else ctypes.CDLL(name)
+    except OSError:
+        return None
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
@@ -169,14 +177,13 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
-    import ctypes
     import gc
 
     peaks = []
     for _ in range(2):
         gc.collect()
         with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            _libc().malloc_trim(0)  # None (no C library) raises AttributeError
         _CLEAR_REFS.write_text("5")  # peak resident memory := current
         base = _status_kib("VmRSS")
         fn()

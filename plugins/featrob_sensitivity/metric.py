@@ -155,13 +155,12 @@ class FeatureSensitivity(Metric):
         chosen = ctx.rng("sensitivity.samples").choice(n, self.options["samples"], replace=False)
         return np.sort(chosen)
 
-    def replicas_per_pass(self, ctx: RunContext, forward, x: torch.Tensor) -> int:
+    def replicas_per_pass(
+        self, ctx: RunContext, forward, x: torch.Tensor, seeds: torch.Tensor, dim: int
+    ) -> int:
         """PGD replicas per pass: what fits ``--max-memory`` (two PGD steps of the real cell
         measured at two sizes), or four evaluation batches without a budget."""
         probe_attack = ctx.make_attack("pgd", eps=0.1, norm="linf", steps=2)
-        seeds = ctx.sample_seeds().to(ctx.device)
-        with torch.no_grad():
-            dim = int(forward(x[:1]).shape[1])
 
         def cell(n: int) -> None:  # n replicas: b samples x k features x 2 directions
             b = max(1, min(len(x), n // 2))
@@ -200,8 +199,8 @@ class FeatureSensitivity(Metric):
             margin=margins(logits, ctx.labels),
             clean_accuracy=float((logits.argmax(1) == ctx.labels).double().mean()),
         )
-        batch_inputs = o["batch_inputs"] or self.replicas_per_pass(ctx, forward, x)
         seeds = ctx.sample_seeds().to(ctx.device)
+        batch_inputs = o["batch_inputs"] or self.replicas_per_pass(ctx, forward, x, seeds, dim)
         base = {"model": ctx.model_fingerprint, **ctx.data_key}
         for eps in self.eps_values(ctx):
             attack = ctx.make_attack(
