@@ -136,7 +136,7 @@ def add_run_command(
         ] = False,
     ) -> None:
         """Analyse a model: run every selected metric and write a report folder."""
-        from featrob.distributed import world
+        from featrob.distributed import launched
         from featrob.runner import check_config, run
         from featrob.specs import parse_fraction
 
@@ -171,7 +171,7 @@ def add_run_command(
             typer.echo(f"config ok: {len(names)} metrics ({', '.join(names)})")
             return
         results = run(cfg, host=host_factory())
-        here = world()
+        here = launched()  # the group is closed by now
         if here.main:  # under torchrun, rank 0 speaks for the run
             _print_summary(results, Path(cfg.out))
         elif results.failed:  # other ranks only say why they fail

@@ -109,6 +109,46 @@ def init_from_env(device: torch.device, timeout_s: float = 1800.0) -> World:
     return world()
 
 
+def launched() -> World:
+    """The world ``torchrun`` describes in the environment, process group up or not.
+
+    For code that runs after :func:`joined` has closed the group (the CLI deciding which
+    rank prints the summary).
+    """
+    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
+
+@contextlib.contextmanager
+def joined(device: torch.device) -> Iterator[World]:
+    """Join the ``torchrun`` process group for a block, and leave it cleanly afterwards.
+
+    Leaving matters: a gloo group still alive at interpreter exit tears its worker threads
+    down during finalisation, which now and then aborts a rank (``terminate called without
+    an active exception``, SIGABRT) after the run has finished. On a normal exit the ranks
+    first wait for each other, so no rank closes its connections while another still talks;
+    after an error they just close. A group the caller set up before is left alone.
+
+    Args:
+        device: the run's device (see :func:`init_from_env`).
+
+    Yields:
+        The world.
+    """
+    created = not (dist.is_available() and dist.is_initialized())
+    here = init_from_env(device)
+    if not created or here.size == 1:
+        yield here
+        return
+    try:
+        yield here
+    except BaseException:
+        dist.destroy_process_group()
+        raise
+    with contextlib.suppress(DistributedError):
+        here.barrier()
+    dist.destroy_process_group()
+
+
 def local_device(device: torch.device) -> torch.device:
     """``cuda`` without an index means this rank's GPU under torchrun."""
     if device.type == "cuda" and device.index is None and world().size > 1:

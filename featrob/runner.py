@@ -164,63 +164,65 @@ def run(
     reporters = [host.reporters.get(name) for name in config.reports]
     check_before_work(config, host, metrics)
     device = resolve_device(config.device)
-    here = distributed.init_from_env(device)  # torchrun: join the other ranks
-    device = distributed.local_device(device)
-    progress = progress or Reporter(quiet=config.quiet or not here.main)
-    torch.manual_seed(config.seed)
+    with distributed.joined(device) as here:  # torchrun: work with the other ranks
+        device = distributed.local_device(device)
+        progress = progress or Reporter(quiet=config.quiet or not here.main)
+        torch.manual_seed(config.seed)
 
-    data = load_data(config, host)
-    split = data.split(config.split)
-    if config.n_per_class:
-        split = split.balanced_subset(config.n_per_class, config.seed)
-    model, card = prepare_model(config, data, host, device, progress)  # rank 0 trains first
-    config, memory = _fit_batch_to_budget(config, model, split, device)
-    store_path = config.store_path()
-    store = FeatureStore(store_path) if store_path is not None else None
-    fingerprint = model.fingerprint()
-    ctx = RunContext(config, model, data, split, device, host, store, progress, fingerprint)
+        data = load_data(config, host)
+        split = data.split(config.split)
+        if config.n_per_class:
+            split = split.balanced_subset(config.n_per_class, config.seed)
+        model, card = prepare_model(config, data, host, device, progress)  # rank 0 trains first
+        config, memory = _fit_batch_to_budget(config, model, split, device)
+        store_path = config.store_path()
+        store = FeatureStore(store_path) if store_path is not None else None
+        fingerprint = model.fingerprint()
+        ctx = RunContext(config, model, data, split, device, host, store, progress, fingerprint)
 
-    resolved = config.to_dict()
-    resolved["sample_indices"] = split.indices.tolist()
-    results = Results(
-        featrob=featrob.__version__,
-        config=resolved,
-        plugins=host.versions(),
-        errors=errors,
-        environment={
-            **environment(device),
-            "model_fingerprint": fingerprint,
-            "model_card": card,
-            "world_size": here.size,
-            "memory": memory,
-        },
-    )
-    out = Path(config.out)
-    if here.main:  # one results folder and one report, whatever the number of ranks
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(to_toml({k: v for k, v in config.to_dict().items()}))
-    json_reporter = host.reporters.get("json")() if "json" in host.reporters and here.main else None
-
-    results.errors += host.call("featrob_run_start", context=ctx)
-    for entry in metrics:
-        result = _run_metric(entry, ctx, progress)
-        results.metrics[entry.name] = result
-        results.errors += host.call(
-            "featrob_metric_result", name=entry.name, result=result, context=ctx
+        resolved = config.to_dict()
+        resolved["sample_indices"] = split.indices.tolist()
+        results = Results(
+            featrob=featrob.__version__,
+            config=resolved,
+            plugins=host.versions(),
+            errors=errors,
+            environment={
+                **environment(device),
+                "model_fingerprint": fingerprint,
+                "model_card": card,
+                "world_size": here.size,
+                "memory": memory,
+            },
         )
-        if json_reporter is not None:
-            json_reporter.write(results, out)  # keep what is finished, whatever happens next
-    results.errors += host.call("featrob_run_end", results=results, context=ctx)
-    for reporter_cls in reporters if here.main else []:
-        try:
-            reporter_cls().write(results, out)
-        except Exception as exc:
-            results.errors.append(
-                f"reporter {reporter_cls.name!r} failed: {type(exc).__name__}: {exc}"
+        out = Path(config.out)
+        if here.main:  # one results folder and one report, whatever the number of ranks
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.toml").write_text(to_toml({k: v for k, v in config.to_dict().items()}))
+        json_reporter = (
+            host.reporters.get("json")() if "json" in host.reporters and here.main else None
+        )
+
+        results.errors += host.call("featrob_run_start", context=ctx)
+        for entry in metrics:
+            result = _run_metric(entry, ctx, progress)
+            results.metrics[entry.name] = result
+            results.errors += host.call(
+                "featrob_metric_result", name=entry.name, result=result, context=ctx
             )
-    if json_reporter is not None:
-        json_reporter.write(results, out)
-    return results
+            if json_reporter is not None:
+                json_reporter.write(results, out)  # keep what is finished, whatever happens next
+        results.errors += host.call("featrob_run_end", results=results, context=ctx)
+        for reporter_cls in reporters if here.main else []:
+            try:
+                reporter_cls().write(results, out)
+            except Exception as exc:
+                results.errors.append(
+                    f"reporter {reporter_cls.name!r} failed: {type(exc).__name__}: {exc}"
+                )
+        if json_reporter is not None:
+            json_reporter.write(results, out)
+        return results
 
 
 def _fit_batch_to_budget(

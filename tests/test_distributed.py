@@ -142,3 +142,45 @@ def test_a_failing_rank_fails_the_run_and_a_rerun_resumes(tmp_path: Path, mode: 
     assert again.returncode == 0, again.stdout + again.stderr
     summary = json.loads((tmp_path / "out" / "results.json").read_text())["metrics"]["shards"]
     assert summary["summary"] == {"computed": 40 - len(kept), "total": 40}
+
+
+JOINED_SCRIPT = '''
+import os, sys
+import torch
+import torch.distributed as dist
+from featrob.distributed import DistributedError, joined, launched
+
+rank = int(os.environ["RANK"])
+if sys.argv[1] == "ok":
+    with joined(torch.device("cpu")) as here:
+        assert dist.is_initialized() and here.size == 2
+        assert here.gather(here.rank) == [0, 1]
+    assert not dist.is_initialized()  # left the group: nothing torn down at exit
+    assert launched() == here
+    print(f"rank {rank} left")
+else:  # rank 1 fails inside the block; rank 0 must not wait for it for half an hour
+    try:
+        with joined(torch.device("cpu")) as here:
+            if rank == 1:
+                raise KeyError("boom")
+            here.barrier()
+    except DistributedError:
+        print("rank 0 told")
+    except KeyError:
+        assert not dist.is_initialized()
+        print("rank 1 left")
+'''
+
+
+@pytest.mark.parametrize("mode", ["ok", "fail"])
+def test_joined_leaves_the_process_group(tmp_path: Path, mode: str):
+    script = tmp_path / "joined.py"
+    script.write_text(JOINED_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(script), mode],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = ["rank 0 left", "rank 1 left"] if mode == "ok" else ["rank 0 told", "rank 1 left"]
+    assert sorted(done.stdout.split("\n")[:-1]) == expected
