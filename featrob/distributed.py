@@ -142,11 +142,18 @@ def joined(device: torch.device) -> Iterator[World]:
     try:
         yield here
     except BaseException:
-        dist.destroy_process_group()
+        _leave(wait=False)
         raise
-    with contextlib.suppress(DistributedError):
-        here.barrier()
-    dist.destroy_process_group()
+    _leave(wait=True)
+
+
+def _leave(wait: bool) -> None:
+    """Close the process group; with ``wait``, once every live rank has got here."""
+    if wait:
+        with contextlib.suppress(DistributedError):  # a lost peer: nobody left to wait for
+            world().barrier()
+    with contextlib.suppress(RuntimeError):  # a broken group still closes what it can
+        dist.destroy_process_group()
 
 
 def local_device(device: torch.device) -> torch.device:
