@@ -157,9 +157,10 @@ def test_train_command_writes_checkpoint_and_card(tmp_path: Path):
     assert card["method"] == "standard" and card["architecture"]["spec"] == "small-cnn"
     assert 0 <= card["pgd_accuracy"] <= card["clean_accuracy"] <= 1
     assert set(card["versions"]) >= {"torch", "python"}
-    # the checkpoint loads into `run --weights`
+    # the checkpoint loads into `run --weights` (one plugin: the default run is tested elsewhere)
     out = tmp_path / "out"
-    ran = invoke(["run", *FAST, "--weights", str(ckpt), "--store", "none", "--out", str(out)])
+    weights = ["--weights", str(ckpt), "--plugin", "accuracy"]
+    ran = invoke(["run", *FAST, *weights, "--store", "none", "--out", str(out)])
     assert ran.exit_code == 0, ran.output
     data = json.loads((out / "results.json").read_text())
     assert (

@@ -144,7 +144,7 @@ def test_a_failing_rank_fails_the_run_and_a_rerun_resumes(tmp_path: Path, mode: 
     assert summary["summary"] == {"computed": 40 - len(kept), "total": 40}
 
 
-JOINED_SCRIPT = '''
+JOINED_SCRIPT = """
 import os, sys
 import torch
 import torch.distributed as dist
@@ -169,7 +169,7 @@ else:  # rank 1 fails inside the block; rank 0 must not wait for it for half an 
     except KeyError:
         assert not dist.is_initialized()
         print("rank 1 left")
-'''
+"""
 
 
 @pytest.mark.parametrize("mode", ["ok", "fail"])
