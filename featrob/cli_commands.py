@@ -229,7 +229,7 @@ def _print_summary(results: Any, out: Path) -> None:
     table.add_column("time", justify="right")
     for name, metric in results.metrics.items():
         if metric.error:
-            last = escape(metric.error.strip().splitlines()[-1])
+            last = escape(metric.error_line)
             table.add_row(escape(name), "[red]failed[/red]", last, f"{metric.duration_s:.1f}s")
             continue
         parts = [

@@ -73,6 +73,12 @@ class MetricResult:
     error: str | None = None
     duration_s: float = 0.0
 
+    @property
+    def error_line(self) -> str:
+        """The last line of the error (the exception and its message), "" when none."""
+        lines = (self.error or "").strip().splitlines()
+        return lines[-1] if lines else ""
+
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict (arrays are listed by shape only)."""
         return {
@@ -119,8 +125,7 @@ class Results:
         lines = list(self.errors)
         for name, metric in self.metrics.items():
             if metric.error:
-                last = metric.error.strip().splitlines()[-1] if metric.error.strip() else ""
-                lines.append(f"metric {name!r} failed: {last}")
+                lines.append(f"metric {name!r} failed: {metric.error_line}")
         return lines
 
     def to_json(self) -> dict[str, Any]:

@@ -29,6 +29,9 @@ from featrob_collision.search import SearchConfig, collision_search
 if TYPE_CHECKING:
     from featrob.context import RunContext
 
+#: Searches (pairs x projections) per batch without a memory budget.
+BATCH_SEARCHES = 512
+
 
 class LayerCollisions(Metric):
     """Collision distances and optimal-loss curves, layer by layer.
@@ -135,10 +138,11 @@ class LayerCollisions(Metric):
 
     @staticmethod
     def searches_per_batch(ctx: RunContext, layer: str, m: int | None) -> int:
-        """Searches per batch at ``layer`` under the run's ``--max-memory`` (512 without):
-        two iterations of the real search measured at two batch sizes."""
+        """Searches per batch at ``layer`` under the run's ``--max-memory``
+        (:data:`BATCH_SEARCHES` without): two iterations of the real search measured at two
+        batch sizes."""
         if ctx.memory_budget is None:
-            return 512
+            return BATCH_SEARCHES
         f = extractor(ctx.model, layer)
         probe = ctx.split.float_images(torch.arange(2)).to(ctx.device)
         with torch.no_grad():
@@ -158,7 +162,7 @@ class LayerCollisions(Metric):
         rows = dim if m is None else m
         return ctx.chunk_size(
             f,
-            512,
+            BATCH_SEARCHES,
             work=searches,
             per_item_factor=1 + rows,
             extra_per_item=2 * (rows + 8) * n0 * 4,
