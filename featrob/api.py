@@ -38,19 +38,22 @@ from featrob.progress import Reporter
 from featrob.results import MetricResult
 
 
-def load_data(spec: str = "digits", **config: Any) -> DatasetBundle:
+def load_data(
+    spec: str = "digits", *, host: PluginHost | None = None, **config: Any
+) -> DatasetBundle:
     """The data set a spec names (``"digits"``, ``"cifar10"``, ``"npz:PATH"``, ...), as
     ``featrob run --dataset SPEC`` loads it.
 
     Args:
         spec: the data spec.
+        host: plugin host (default: every installed plugin).
         **config: run config keys that affect loading (``data_root``, ``download``,
             ``data_options``).
     """
     from featrob.prepare import load_data as _load
 
     cfg = RunConfig.from_dict({**config, "dataset": spec})
-    return _load(cfg, PluginHost())
+    return _load(cfg, host or PluginHost())
 
 
 def load_model(
@@ -59,6 +62,7 @@ def load_model(
     *,
     weights: str | Path | None = None,
     device: str = "cpu",
+    host: PluginHost | None = None,
     **config: Any,
 ) -> FeatrobModel:
     """The model a spec names, as ``featrob run`` gets it: the checkpoint ``weights``, or
@@ -70,19 +74,22 @@ def load_model(
         data: a loaded data set or its spec (input shape, classes, normalisation, training).
         weights: a checkpoint or state_dict file, or None to train (or load the cached one).
         device: where the model lives.
-        **config: other run config keys (``head``, ``model_options``, ``eps``, and
-            ``train={"method": "pgd", "epochs": 5}``, ...).
+        host: plugin host (default: every installed plugin).
+        **config: other run config keys (``head``, ``model_options``, ``normalize``,
+            ``model_dir``, ``eps``, and ``train={"method": "pgd", "epochs": 5}``, ...).
+
+    The model's input normalisation (``model.normalization``, with its source) follows the
+    rules of :mod:`featrob.models.normalization`.
     """
     from featrob.prepare import prepare_model, resolve_device
 
-    bundle = load_data(data) if isinstance(data, str) else data
+    host = host or PluginHost()
+    bundle = load_data(data, host=host) if isinstance(data, str) else data
     values = {**config, "model": spec, "dataset": bundle.spec, "quiet": True}
     if weights is not None:
         values["weights"] = str(weights)
     cfg = RunConfig.from_dict(values)
-    model, _ = prepare_model(
-        cfg, bundle, PluginHost(), resolve_device(device), Reporter(quiet=cfg.quiet)
-    )
+    model, _ = prepare_model(cfg, bundle, host, resolve_device(device), Reporter(quiet=cfg.quiet))
     return model
 
 

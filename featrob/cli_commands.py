@@ -9,50 +9,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from featrob.cli_options import (
+    ConfigOpt,
+    DataRootOpt,
+    DatasetOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EpsOpt,
+    HeadOpt,
+    ModelDirOpt,
+    ModelOpt,
+    NormalizeOpt,
+    NormOpt,
+    QuietOpt,
+    SeedOpt,
+    SetOpt,
+)
 from featrob.config import RunConfig
 from featrob.errors import DuplicateNameError
 from featrob.plugins import KINDS, PluginHost
 
 Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
-
-# Options shared by `run` and `train`.
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model", "-m", help="Model spec: small-cnn, resnet18, tv:NAME, pkg.module:factory."
-    ),
-]
-DatasetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dataset", "-d", help="Data spec: digits, mnist, cifar10, npz:PATH, imagefolder:PATH."
-    ),
-]
-EpsOpt = Annotated[
-    str | None, typer.Option("--eps", help="Perturbation budget, e.g. 0.1 or 8/255.")
-]
-NormOpt = Annotated[str | None, typer.Option("--norm", help="Threat model: linf or l2.")]
-SeedOpt = Annotated[
-    int | None, typer.Option("--seed", help="Run seed (per-sample seeds derive from it).")
-]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML file with any config keys.")
-]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a config key: --set metrics.NAME.key=value (repeatable)."),
-]
-DataRootOpt = Annotated[
-    str | None, typer.Option("--data-root", help="Folder with torchvision-format data sets.")
-]
-DownloadOpt = Annotated[
-    bool, typer.Option("--download", help="Download torchvision data sets that are missing.")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-HeadOpt = Annotated[
-    str | None, typer.Option("--head", help="Replace the model's head: fc, l2, or a plugin's head.")
-]
 
 
 def _overrides(**flags: Any) -> dict[str, Any]:
@@ -83,6 +60,8 @@ def add_run_command(
                 "--weights", "-w", help="Checkpoint to load (else the model is trained and cached)."
             ),
         ] = None,
+        normalize: NormalizeOpt = None,
+        model_dir: ModelDirOpt = None,
         head: HeadOpt = None,
         dataset: DatasetOpt = None,
         data_root: DataRootOpt = None,
@@ -145,6 +124,8 @@ def add_run_command(
             no_plugins=no_plugin,
             model=model,
             weights=weights,
+            normalize=normalize,
+            model_dir=model_dir,
             head=head,
             dataset=dataset,
             data_root=data_root,
@@ -237,7 +218,14 @@ def _print_summary(results: Any, out: Path) -> None:
             for k, v in list(metric.summary.items())[:6]
         ]
         table.add_row(escape(name), "ok", escape(", ".join(parts)), f"{metric.duration_s:.1f}s")
+    if results.normalization_line:
+        console.print(
+            f"model {escape(str(results.config.get('model')))}: "
+            f"{escape(results.normalization_line)}"
+        )
     console.print(table)
+    for line in results.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}")
     for err in results.errors:
         console.print(f"[red]error:[/red] {escape(err)}")
     console.print(f"report: {out.resolve()}")
@@ -274,6 +262,8 @@ def add_train_command(
             bool, typer.Option("--augment", help="Random crops (and flips for colour images).")
         ] = False,
         head: HeadOpt = None,
+        normalize: NormalizeOpt = None,
+        model_dir: ModelDirOpt = None,
         init: Annotated[
             Path | None,
             typer.Option(
@@ -306,6 +296,8 @@ def add_train_command(
             eps=parse_fraction(eps) if eps is not None else None,
             norm=norm,
             head=head,
+            normalize=normalize,
+            model_dir=model_dir,
             data_root=data_root,
             download=download,
             device=device,

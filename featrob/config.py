@@ -97,6 +97,13 @@ class RunConfig:
         model_options: options of the model factory (``feature_dim`` for vgg16, ...).
         head, head_options: replace the model's head (``l2``, ...).
         weights: checkpoint to load; without it the model is trained (and cached).
+        model_dir: where model zoos keep downloaded weights (RobustBench's folder layout
+            for ``rb:``); passed to model factories that take a ``model_dir`` parameter
+            (None: each zoo's folder under ``$FEATROB_HOME``).
+        normalize: the model's input normalisation, ``none``, ``dataset``, ``imagenet`` or
+            ``MEAN/STD`` (``0.4914,0.4822,0.4465/0.2471,0.2435,0.2616``); None (default)
+            lets the checkpoint card, the network or featrob's rule decide
+            (:mod:`featrob.models.normalization`).
         dataset: data spec (``digits``, ``cifar10``, ``npz:PATH``, ``imagefolder:PATH``).
         data_root, download, data_options: where torchvision-format data lives, whether to
             download it, loader options.
@@ -131,6 +138,8 @@ class RunConfig:
     head: str | None = None
     head_options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
+    normalize: str | None = None
+    model_dir: str | None = None
     dataset: str = "digits"
     data_root: str | None = None
     download: bool = False
@@ -177,6 +186,8 @@ class RunConfig:
                 data[key] = value
         for item in sets or []:
             key, value = parse_set(item)
+            if key in RAW_STRING_KEYS:  # "none" and "0.5/0.5" are not None and 1.0 here
+                value = item.partition("=")[2].strip()
             _assign_dotted(data, key, value)
         return cls.from_dict(data)
 
@@ -189,6 +200,10 @@ class RunConfig:
         if self.store is not None and str(self.store).lower() == "none":
             return None
         return Path(self.store) if self.store else featrob_home() / "store"
+
+
+#: ``--set`` keys whose value is text to keep as given, not a literal to parse.
+RAW_STRING_KEYS = frozenset({"normalize"})
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -297,6 +312,10 @@ def _validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"n_per_class must be positive, got {cfg.n_per_class}")
     if cfg.split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {cfg.split!r}")
+    if cfg.normalize is not None:
+        from featrob.models.normalization import parse_request
+
+        parse_request(cfg.normalize)
     if cfg.amp not in (None, "bf16", "fp16"):
         raise ConfigError(f"amp must be 'bf16' or 'fp16' (or unset), got {cfg.amp!r}")
     for name, options in cfg.metrics.items():

@@ -184,11 +184,11 @@ class RunContext:
         if budget is None:
             return default
         tame_allocator()  # see featrob.memory: without it no CPU budget holds
-        fp = None if work is None else loop_footprint(work, self.device)
+        fp = None if work is None else loop_footprint(work, self.device, budget=budget)
         if fp is not None:  # the loop itself, measured
             return chunk_for(budget, fp.per_input, fixed=fp.fixed, default=default)
         probe = self.split.float_images(torch.arange(1)).to(self.device)
-        fp = footprint(forward, probe)
+        fp = footprint(forward, probe, budget=budget)
         per_item = int(fp.per_input * per_item_factor) + extra_per_item
         return chunk_for(budget, per_item, fixed=fp.fixed, default=default)
 

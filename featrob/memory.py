@@ -196,23 +196,50 @@ def _measurable(device: torch.device) -> bool:
 
 
 def loop_footprint(
-    work: Callable[[int], object], device: torch.device, *, small: int = 8, large: int = 64
+    work: Callable[[int], object],
+    device: torch.device,
+    *,
+    small: int = 8,
+    large: int = 64,
+    budget: int | None = None,
 ) -> Footprint | None:
     """The memory of ``work(n)``, a loop body over ``n`` items (e.g. two PGD steps on ``n``
     replicas), measured at two sizes; None where peaks cannot be measured.
 
     Measuring the loop itself counts what a pass-only estimate misses: its iterates,
     gradients, best points and index copies.
+
+    With a ``budget`` the measurement keeps to it: ``work(1)`` is measured first and the two
+    sizes shrink so that neither is expected to take more than half the budget. Without it,
+    measuring 64 searches of a ResNet on 224 x 224 images would itself take gigabytes and
+    minutes, the opposite of what a budget asks for.
     """
     if not _measurable(device):
         return None
-    peaks = [peak_bytes(lambda n=n: work(n), device) for n in (small, large)]
+    known: dict[int, int] = {}
+    if budget is not None:
+        known[1] = peak_bytes(lambda: work(1), device)
+        small, large = _probe_sizes(known[1], budget, small, large)
+    peaks = [known.get(n) or peak_bytes(lambda n=n: work(n), device) for n in (small, large)]
     per = max((peaks[1] - peaks[0]) // (large - small), 1)
     return Footprint(per_input=int(per), fixed=int(max(peaks[0] - per * small, 0)))
 
 
+def _probe_sizes(one: int, budget: int, small: int, large: int) -> tuple[int, int]:
+    """Sizes to measure at when one item takes ``one`` bytes at its peak (an upper bound of
+    its per-item cost): at most ``large``, each within half of ``budget``, at least 1 and 2."""
+    fits = max(2, budget // max(2 * one, 1))
+    large = min(large, fits)
+    small = max(1, min(small, large // 4))
+    return small, max(large, small + 1)
+
+
 def footprint(
-    forward: Callable[[Tensor], Tensor], probe: Tensor, *, state_tensors: int = 8
+    forward: Callable[[Tensor], Tensor],
+    probe: Tensor,
+    *,
+    state_tensors: int = 8,
+    budget: int | None = None,
 ) -> Footprint:
     """The memory of a forward/backward pass of ``forward``: ``fixed + per_input * batch``.
 
@@ -224,6 +251,7 @@ def footprint(
         probe: at least one real input (its shape and dtype matter, not its values).
         state_tensors: input-sized tensors the loop keeps per input besides the pass
             (an attack's start, iterate, step, gradient, best point...).
+        budget: measure within this budget (see :func:`loop_footprint`).
     """
     one = probe[:1].clone()  # its own storage (a view would count the whole probe)
     state = state_tensors * one.numel() * one.element_size()
@@ -233,6 +261,7 @@ def footprint(
         one.device,
         small=8,
         large=40,
+        budget=budget,
     )
     if measured is None:
         return Footprint(per_input=saved.per_input + state, fixed=saved.fixed)

@@ -13,8 +13,9 @@ from featrob.data import load_dataset
 from featrob.data.base import DatasetBundle
 from featrob.distributed import main_first
 from featrob.errors import ConfigError, ModelError
-from featrob.models import build_model, load_weights, save_checkpoint, warm_start
+from featrob.models import build_model, load_weights, normalization, save_checkpoint, warm_start
 from featrob.models.base import FeatrobModel
+from featrob.models.normalization import Normalization
 from featrob.plugins import PluginHost
 from featrob.progress import Reporter
 from featrob.seeding import derive_seed
@@ -49,7 +50,9 @@ def load_data(config: RunConfig, host: PluginHost) -> DatasetBundle:
 
 
 def build(config: RunConfig, data: DatasetBundle, host: PluginHost) -> FeatrobModel:
-    """The configured architecture with fresh (seeded) weights, checked on one input."""
+    """The configured architecture with fresh (seeded) weights, checked on one input, with
+    the normalisation it gets when featrob trains it (from ``train.init``'s card when
+    training starts from a checkpoint): see :mod:`featrob.models.normalization`."""
     torch.manual_seed(derive_seed(config.seed, "model-init"))
     model = build_model(
         config.model,
@@ -60,11 +63,40 @@ def build(config: RunConfig, data: DatasetBundle, host: PluginHost) -> FeatrobMo
         head=config.head,
         head_registry=host.heads,
         head_options=config.head_options,
-        mean=data.mean,
-        std=data.std,
+        model_dir=config.model_dir,
     )
+    init_card = checkpoint_card(config.train.init) if config.train.init else None
+    apply_normalization(model, config, data, card=init_card, weights=config.train.init)
     check_forward(model, data)
     return model
+
+
+def apply_normalization(
+    model: FeatrobModel,
+    config: RunConfig,
+    data: DatasetBundle,
+    *,
+    card: dict[str, Any] | None,
+    weights: str | None,
+) -> None:
+    """Give ``model`` the normalisation the rules choose (:func:`normalization.choose`)."""
+    chosen = normalization.choose(
+        requested=config.normalize,
+        default=model.default_normalization,
+        card=card,
+        weights=weights,
+        data_mean=data.mean,
+        data_std=data.std,
+        channels=data.input_shape[0],
+    )
+    model.set_normalization(chosen)
+
+
+def checkpoint_card(path: str) -> dict[str, Any]:
+    """The featrob card of a checkpoint file (``{}`` for a plain state_dict)."""
+    from featrob.models.checkpoints import read_card
+
+    return read_card(path)
 
 
 def check_forward(model: FeatrobModel, data: DatasetBundle) -> None:
@@ -86,9 +118,16 @@ def check_forward(model: FeatrobModel, data: DatasetBundle) -> None:
         )
 
 
-def cached_model_path(config: RunConfig, data: DatasetBundle) -> Path:
-    """Where ``featrob run`` keeps the model it trained for this exact configuration."""
-    key = {
+def cached_model_path(
+    config: RunConfig, data: DatasetBundle, norm: Normalization | None = None
+) -> Path:
+    """Where ``featrob run`` keeps the model it trained for this exact configuration.
+
+    The key holds the normalisation only when it is not the data set's (the one every
+    model got before normalisation became the model's property), so models cached before
+    keep their keys.
+    """
+    key: dict[str, Any] = {
         "model": config.model,
         "model_options": config.model_options,
         "head": config.head,
@@ -101,7 +140,13 @@ def cached_model_path(config: RunConfig, data: DatasetBundle) -> Path:
         "norm": config.norm,
         "seed": config.seed,
     }
+    if norm is not None and (norm.mean, norm.std) != (_tuple(data.mean), _tuple(data.std)):
+        key["normalization"] = [norm.mean, norm.std]
     return featrob_home() / "models" / f"{key_digest(key)}.pt"
+
+
+def _tuple(values: Any) -> tuple[float, ...] | None:
+    return tuple(float(v) for v in values) if values is not None else None
 
 
 def fit(
@@ -193,8 +238,11 @@ def prepare_model(
     model = build(config, data, host)
     if config.weights:
         card = load_weights(model, config.weights)
+        apply_normalization(model, config, data, card=card, weights=config.weights)
         return _placed(model, config, device), card
-    path = cached_model_path(config, data)
+    if model.pretrained:  # the factory loaded trained weights (RobustBench, torchvision, ...)
+        return _placed(model, config, device), {"pretrained": model.pretrained}
+    path = cached_model_path(config, data, model.normalization)
     with main_first():  # under torchrun rank 0 trains, the others load its cache
         if path.exists():
             progress.log(f"loading cached model {path}")

@@ -106,7 +106,11 @@ class MetricResult:
 
 @dataclass
 class Results:
-    """Everything a run produced; ``results.json`` is :meth:`to_json`."""
+    """Everything a run produced; ``results.json`` is :meth:`to_json`.
+
+    ``warnings`` are run-level things the reader must know (a loaded model near chance);
+    a metric's own warnings live in its :class:`MetricResult`.
+    """
 
     featrob: str
     config: dict[str, Any]
@@ -114,6 +118,7 @@ class Results:
     metrics: dict[str, MetricResult] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -128,6 +133,21 @@ class Results:
                 lines.append(f"metric {name!r} failed: {metric.error_line}")
         return lines
 
+    @property
+    def normalization_line(self) -> str | None:
+        """``input normalisation: WHAT (WHY)`` from the environment, None for runs written
+        before it was recorded."""
+        record = self.environment.get("normalization")
+        if not isinstance(record, dict):
+            return None
+        from featrob.models.normalization import Normalization
+
+        try:
+            norm = Normalization.from_json(record, str(record.get("source", "")))
+        except Exception:
+            return None
+        return f"input normalisation: {norm.describe()} ({norm.source})"
+
     def to_json(self) -> dict[str, Any]:
         """The documented results.json layout."""
         return {
@@ -137,6 +157,7 @@ class Results:
             "plugins": dict(self.plugins),
             "metrics": {name: m.to_json() for name, m in self.metrics.items()},
             "errors": list(self.errors),
+            "warnings": list(self.warnings),
             "environment": _jsonable(self.environment),
         }
 
@@ -152,6 +173,7 @@ class Results:
             metrics={k: MetricResult.from_json(v) for k, v in data.get("metrics", {}).items()},
             errors=list(data.get("errors", [])),
             environment=data.get("environment", {}),
+            warnings=list(data.get("warnings", [])),
         )
         arrays_path = Path(run_dir) / "arrays.npz"
         if arrays_path.exists():

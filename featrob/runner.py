@@ -25,6 +25,7 @@ from featrob import distributed
 from featrob.config import RunConfig, to_toml
 from featrob.context import RunContext
 from featrob.errors import ConfigError, FeatrobError, PluginLoadError, UnknownNameError
+from featrob.model_checks import loaded_model_warnings
 from featrob.plugins import PluginHost, get_plugin_host
 from featrob.prepare import load_data, prepare_model, resolve_device
 from featrob.progress import Reporter
@@ -191,6 +192,7 @@ def run(
                 **environment(device),
                 "model_fingerprint": fingerprint,
                 "model_card": card,
+                "normalization": model.normalization.to_json(),
                 "world_size": here.size,
                 "memory": memory,
             },
@@ -203,6 +205,10 @@ def run(
             host.reporters.get("json")() if "json" in host.reporters and here.main else None
         )
 
+        if config.weights or model.pretrained:  # weights featrob did not train: check them
+            results.warnings += _checked(loaded_model_warnings, ctx, results.errors)
+        for line in results.warnings:
+            progress.log(f"warning: {line}")
         results.errors += host.call("featrob_run_start", context=ctx)
         for entry in metrics:
             result = _run_metric(entry, ctx, progress)
@@ -225,6 +231,15 @@ def run(
         return results
 
 
+def _checked(check: Any, ctx: RunContext, errors: list[str]) -> list[str]:
+    """A check's warnings; a check that fails is an error line, not a failed run."""
+    try:
+        return list(check(ctx))
+    except Exception as exc:
+        errors.append(f"model check {check.__name__} failed: {type(exc).__name__}: {exc}")
+        return []
+
+
 def _fit_batch_to_budget(
     config: RunConfig, model: torch.nn.Module, split: Any, device: torch.device
 ) -> tuple[RunConfig, dict[str, Any] | None]:
@@ -243,7 +258,7 @@ def _fit_batch_to_budget(
     if budget is None:
         return config, None
     tame_allocator()  # freed memory back to the kernel, so the budget holds for the run
-    fp = footprint(model, split.float_images(torch.arange(1)).to(device))
+    fp = footprint(model, split.float_images(torch.arange(1)).to(device), budget=budget)
     batch = chunk_for(budget, fp.per_input, fixed=fp.fixed, default=config.batch_size)
     memory = {
         "budget_bytes": budget,

@@ -11,6 +11,10 @@ Typical use in a plugin's test suite::
     def test_my_attack():
         check_attack(MyAttack, eps=0.1)          # ball, box, batch invariance, NaN safety
 
+    def test_my_model(tmp_path):                 # a model plugin: every metric runs on it
+        data = write_npz_dataset(tmp_path / "d.npz", shape=(3, 32, 32), classes=10)
+        check_model("mymodels:net", data)
+
 Everything here is offline and fast (a few seconds on a 2-core CPU): data come from
 scikit-learn's bundled 8x8 digits, the model is a tiny CNN trained for a few epochs.
 """
@@ -206,17 +210,123 @@ def check_attack(
         assert torch.isfinite(x_nan).all(), f"{attack.name}: NaN model outputs gave NaN inputs"
 
 
+#: Config keys that make every first-party metric cheap enough for a test on a large model
+#: (a ResNet on 32x32 or 224x224 inputs on a CPU): one attack step, a few samples, pairs and
+#: features. The numbers mean nothing; that every metric runs through means a lot.
+TINY_BUDGETS: dict[str, Any] = {
+    "attacks": ["pgd(steps=1)"],
+    "batch_size": 16,
+    "metrics": {
+        "collision": {
+            "classes": [0, 1],
+            "per_class": 1,
+            "projections": 1,
+            "m": 2,
+            "max_iter": 2,
+            "eps_points": 2,
+            "fab": False,
+        },
+        "compression": {"attack": "fab(steps=2)", "path_points": 2, "untargeted": False},
+        "msa": {
+            "steps": 1,
+            "square_queries": 2,
+            "batch_sizes": [1],
+            "figure1_scales": [1.0],
+            "epochs": 1,
+        },
+        "scale": {"perturbations": ["fgsm"], "sections": 2, "min_count": 1, "resamples": 10},
+        "sensitivity": {"samples": 4, "features": 4, "steps": 1, "accuracy_steps": 1},
+    },
+}
+
+
+def write_npz_dataset(
+    path: str | Path,
+    *,
+    shape: tuple[int, int, int] = (3, 32, 32),
+    classes: int = 10,
+    train_per_class: int = 2,
+    test_per_class: int = 1,
+    seed: int = 0,
+) -> str:
+    """Write a small ``npz:`` data set of random uint8 images; return its spec.
+
+    Enough to run a model of the right input shape and class count through every metric
+    offline (``check_model``); the images are noise, so accuracies are chance.
+    """
+    rng = np.random.default_rng(seed)
+
+    def split(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(classes), per_class)
+        images = rng.integers(0, 256, size=(len(labels), *shape), dtype=np.uint8)
+        return images, labels.astype(np.int64)
+
+    x_train, y_train = split(train_per_class)
+    x_test, y_test = split(test_per_class)
+    path = Path(path)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return f"npz:{path}"
+
+
+def check_model(
+    model: str,
+    dataset: str,
+    *,
+    out: str | Path | None = None,
+    host: PluginHost | None = None,
+    **config: Any,
+) -> Any:
+    """Run a model through every installed metric at :data:`TINY_BUDGETS` and check that
+    every metric succeeded and the run recorded the model's normalisation.
+
+    Args:
+        model: the model spec (``rb:...``, ``timm:...``, ``tv:...``, ``pkg.module:factory``).
+        dataset: the data spec (e.g. from :func:`write_npz_dataset`).
+        out: the results folder (default: a temporary one).
+        host: plugin host (default: every installed plugin).
+        **config: more run config keys (``weights``, ``model_dir``, ``normalize``, ``metrics``
+            entries are merged into the tiny budgets).
+
+    Returns:
+        The run's :class:`~featrob.results.Results`.
+    """
+    from featrob.runner import run
+
+    metrics = {k: dict(v) for k, v in TINY_BUDGETS["metrics"].items()}
+    for name, options in config.pop("metrics", {}).items():
+        metrics.setdefault(name, {}).update(options)
+    values = {
+        **TINY_BUDGETS,
+        "model": model,
+        "dataset": dataset,
+        "metrics": metrics,
+        "out": str(out or tempfile.mkdtemp(prefix="featrob-check-")),
+        "store": "none",
+        "quiet": True,
+        "reports": ["json"],
+        **config,
+    }
+    results = run(values, host=host or PluginHost())
+    failures = results.failure_lines()
+    assert not failures, f"{model}: " + "; ".join(failures)
+    assert "normalization" in results.environment, f"{model}: no normalisation recorded"
+    return results
+
+
 def temporary_store() -> Path:
     """A fresh folder for a feature store (removed at interpreter exit by the OS tmp cleaner)."""
     return Path(tempfile.mkdtemp(prefix="featrob-store-"))
 
 
 __all__ = [
+    "TINY_BUDGETS",
     "DataSplit",
     "check_attack",
     "check_metric",
+    "check_model",
     "make_context",
     "temporary_store",
     "tiny_dataset",
     "tiny_model",
+    "write_npz_dataset",
 ]

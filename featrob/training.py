@@ -311,6 +311,7 @@ def model_card(
     return {
         "featrob": featrob.__version__,
         "architecture": model.arch,
+        "normalization": {**model.normalization.to_json(), "source": "trained with it"},
         "data": {
             "spec": data.spec,
             "fingerprint": data.fingerprint,

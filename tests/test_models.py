@@ -313,6 +313,7 @@ def test_checkpoint_round_trip(models, tmp_path):
     assert not torch.equal(src(x), dst(x))
     path = save_checkpoint(src, tmp_path / "sub" / "m.pt", {"epochs": 3, "eps": (1, 2)})
     card = load_weights(dst, path)
+    assert card.pop("normalization") == src.normalization.to_json()  # kept for loading
     assert card == {"epochs": 3, "eps": [1, 2]}
     with torch.no_grad():
         assert torch.equal(src(x), dst(x))

@@ -139,11 +139,27 @@ def test_every_readme_run_command_is_a_valid_config(monkeypatch: pytest.MonkeyPa
     assert len(commands) >= 10
     monkeypatch.chdir(ROOT)  # the examples' relative paths
     app = create_app(lambda: PluginHost())
+    # the model zoos' contrib plugins, from their folders (tests/test_zoo_models.py installs
+    # them with pip and runs them)
+    zoos = {"rb:": ("featrob-robustbench", "featrob_robustbench", "robustbench"),
+            "timm:": ("featrob-timm", "featrob_timm", "timm")}  # fmt: skip
     for argv in commands:
         if "example_metric" in argv or any("torchattacks:" in a for a in argv):
             continue  # contrib plugins, installed and run by their own tests
         if any(a.startswith("examples/margin_plugin.py") for a in argv):
             argv = [str(ROOT / a) if a.startswith("examples/") else a for a in argv]
+        zoo = next(
+            (z for prefix, z in zoos.items() if any(a.startswith(prefix) for a in argv)), None
+        )
+        if zoo is not None:
+            import importlib
+
+            monkeypatch.syspath_prepend(str(ROOT / "contrib" / zoo[0]))
+            zoo_host = PluginHost()
+            zoo_host.add(importlib.import_module(zoo[1]), zoo[2])
+            result = CliRunner().invoke(create_app(lambda h=zoo_host: h), [*argv[1:], "--check"])
+            assert result.exit_code == 0, f"{' '.join(argv)}\n{result.output}"
+            continue
         result = CliRunner().invoke(app, [*argv[1:], "--check"])
         assert result.exit_code == 0, f"{' '.join(argv)}\n{result.output}"
 

@@ -224,9 +224,11 @@ def test_a_feature_subset_and_a_non_head_layer_say_what_is_missing():
 
 
 def test_compare_mode_puts_models_side_by_side(tmp_path):
+    from featrob.models import save_checkpoint
+
     model = tiny_model()
     ckpt = tmp_path / "same.pt"
-    torch.save(model.state_dict(), ckpt)
+    save_checkpoint(model, ckpt, {})  # the card keeps the model's normalisation
     ctx = make_context(model)
     result = FeatureSensitivity(**{**SMALL, "compare": str(ckpt)}).compute(ctx)
     rows = result.tables["sensitivity"]

@@ -37,7 +37,11 @@ class CleanAccuracy(Metric):
         return MetricResult(
             summary={"accuracy": float(correct.double().mean()), "n": len(correct)},
             tables={"per_class": per_class_rows(ctx, {"accuracy": correct})},
-            arrays={"correct": correct.numpy(), "indices": ctx.indices.numpy()},
+            arrays={
+                "correct": correct.numpy(),
+                "predictions": clean.predictions.numpy(),
+                "indices": ctx.indices.numpy(),
+            },
         )
 
 

@@ -24,7 +24,8 @@ def featrob_register_models(register: Register) -> None:
         "feature_activation, dropout, batch_norm)",
         "resnet18": "CIFAR ResNet-18 (512-D features)",
         "resnet34": "CIFAR ResNet-34 (512-D features)",
-        "tv": "any torchvision classifier, randomly initialised: tv:NAME (e.g. tv:resnet50)",
+        "tv": "any torchvision classifier: tv:NAME (e.g. tv:resnet50), randomly initialised "
+        "or with torchvision weights (model_options.weights=IMAGENET1K_V1)",
     }
     for name, factory in zoo.FACTORIES.items():
         register(factory, name=name, description=descriptions[name])

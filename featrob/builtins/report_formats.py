@@ -61,10 +61,13 @@ def render_markdown(results: Results) -> str:
         "",
         f"- model: `{_md(cfg.get('model'))}`, data: `{_md(cfg.get('dataset'))}` "
         f"(split {cfg.get('split')}), threat model: {cfg.get('norm')} eps={cfg.get('eps')}",
+        *([f"- {_md(results.normalization_line)}"] if results.normalization_line else []),
         f"- featrob {results.featrob}; plugins: "
         + ", ".join(f"{_md(k)} {_md(v)}".strip() for k, v in sorted(results.plugins.items())),
         "",
     ]
+    for line in results.warnings:
+        lines.append(f"> **warning:** {_md(line)}")
     for err in results.errors:
         lines.append(f"> **error:** {_md(err)}")
     for name, metric in results.metrics.items():

@@ -63,12 +63,15 @@ def render_html(results: Results) -> str:
         + f"</code> (split {escape(str(cfg.get('split')))}), threat model "
         + escape(threat)
         + "</p>",
+        f"<p>{escape(results.normalization_line)}</p>" if results.normalization_line else "",
         "<nav>"
         + "".join(
             f'<a href="#metric-{i}">{escape(name)}</a>' for i, name in enumerate(results.metrics)
         )
         + "</nav>",
     ]
+    for line in results.warnings:
+        parts.append(f'<p class="warning">warning: {escape(line)}</p>')
     for err in results.errors:
         parts.append(f'<p class="failed">error: {escape(err)}</p>')
     for i, (name, metric) in enumerate(results.metrics.items()):

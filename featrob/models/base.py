@@ -24,16 +24,34 @@ import torch
 from torch import Tensor, nn
 
 from featrob.errors import ModelError, UnknownNameError
+from featrob.models.normalization import Normalization
 
 #: Modules that only reshape or regularise: not worth analysing as a layer of their own.
 _TRIVIAL = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
 
 
 class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel; buffers are not saved in checkpoints."""
+    """``(x - mean) / std`` per channel; buffers are not saved in checkpoints.
 
-    def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    ``info`` records which normalisation this is and why (:mod:`featrob.models.normalization`).
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        info: Normalization | None = None,
+    ) -> None:
         super().__init__()
+        if info is None:
+            kind = "none" if mean is None and std is None else "custom"
+            info = Normalization(
+                kind,
+                tuple(float(v) for v in mean) if mean is not None else None,
+                tuple(float(v) for v in std) if std is not None else None,
+                "given to the model wrapper",
+            )
+        self.info = info
         mean_t = torch.tensor(list(mean) if mean is not None else [0.0]).view(1, -1, 1, 1)
         std_t = torch.tensor(list(std) if std is not None else [1.0]).view(1, -1, 1, 1)
         if (std_t <= 0).any():
@@ -64,6 +82,9 @@ class FeatrobModel(nn.Module):
         feature_layer: name of the backbone module whose output is the feature vector, so that
             ``"features"`` is an alias of it rather than a layer of its own.
         arch: JSON-able description (spec, options) used in fingerprints and model cards.
+        pretrained: where the weights came from when the factory supplied trained weights
+            (a RobustBench or torchvision checkpoint, ...), else None: featrob then trains
+            the model or loads ``--weights``.
     """
 
     def __init__(
@@ -76,9 +97,14 @@ class FeatrobModel(nn.Module):
         layers: Sequence[str] | None = None,
         feature_layer: str | None = None,
         arch: dict[str, Any] | None = None,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
+        self.pretrained = pretrained
+        #: What :func:`featrob.models.build_model` found the network should get (a
+        #: ``DefaultNormalization``); None for a model wrapped by hand.
+        self.default_normalization: Any = None
         self.backbone = backbone
         self.head = head
         self.arch: dict[str, Any] = dict(arch or {})
@@ -180,6 +206,7 @@ class FeatrobModel(nn.Module):
         new = FeatrobModel.__new__(FeatrobModel)
         nn.Module.__init__(new)
         new.normalize = self.normalize
+        new.pretrained = self.pretrained
         new.backbone = self.backbone
         new.head = head
         new.arch = {**self.arch, **arch_changes}
@@ -187,6 +214,19 @@ class FeatrobModel(nn.Module):
         new._modules_by_name = self._modules_by_name
         new.layers = list(self.layers)
         return new
+
+    @property
+    def normalization(self) -> Normalization:
+        """The normalisation applied to [0, 1] inputs, and why (results.json records it)."""
+        return self.normalize.info
+
+    def set_normalization(self, normalization: Normalization) -> None:
+        """Apply ``normalization`` from now on (on the device of the current one).
+
+        Models made by :meth:`with_head` before this call keep the old one.
+        """
+        device = self.normalize.mean.device
+        self.normalize = Normalize(normalization.mean, normalization.std, normalization).to(device)
 
     def fingerprint(self) -> str:
         """Architecture plus a hash of every weight: equal fingerprints, equal models."""

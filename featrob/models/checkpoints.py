@@ -32,7 +32,9 @@ def save_checkpoint(model: FeatrobModel, path: str | os.PathLike[str], card: dic
     """Write ``{"state_dict": ..., "featrob": card}`` loadable with ``weights_only=True``.
 
     The card is round-tripped through JSON first (tuples become lists), so it must hold
-    only JSON values; tensors are moved to the CPU. The file is written atomically.
+    only JSON values; it gains the model's ``normalization`` unless it has one (the
+    normalisation is not part of the state_dict). Tensors are moved to the CPU. The file is
+    written atomically.
 
     Raises:
         ModelError: the card is not JSON-able or the file cannot be written.
@@ -41,6 +43,8 @@ def save_checkpoint(model: FeatrobModel, path: str | os.PathLike[str], card: dic
         clean = json.loads(json.dumps(dict(card)))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model card must hold only JSON values: {exc}") from None
+    # what the model normalises with is not in its state_dict: the card keeps it
+    clean.setdefault("normalization", model.normalization.to_json())
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
@@ -73,6 +77,15 @@ def load_weights(model: FeatrobModel, path: str | os.PathLike[str]) -> dict[str,
     return card
 
 
+def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The featrob card of a checkpoint (``{}`` for a plain state_dict).
+
+    Raises:
+        ModelError: missing or unreadable file, or no state_dict in it.
+    """
+    return _load(Path(path))[1]
+
+
 def read_state(
     model: FeatrobModel, path: str | os.PathLike[str]
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -85,7 +98,19 @@ def read_state(
     Raises:
         ModelError: missing or unreadable file, or no state_dict in it.
     """
-    path = Path(path)
+    state, card = _load(Path(path))
+    state = {_strip_prefixes(k): v for k, v in state.items()}
+    target = model.state_dict()
+    candidates = [state]
+    head_name = model.arch.get("head_name")
+    if head_name:
+        candidates.append(_map_original(state, head_name))
+    best = max(candidates, key=lambda c: len(c.keys() & target.keys()))  # first on ties
+    return best, card
+
+
+def _load(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state_dict, card)`` of a checkpoint file, read with ``weights_only=True``."""
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}")
     try:
@@ -99,14 +124,7 @@ def read_state(
         raise ModelError(f"cannot read weights file {path}: {_first_line(exc)}") from None
 
     state, card = _unwrap(obj, path)
-    state = {_strip_prefixes(k): v for k, v in state.items()}
-    target = model.state_dict()
-    candidates = [state]
-    head_name = model.arch.get("head_name")
-    if head_name:
-        candidates.append(_map_original(state, head_name))
-    best = max(candidates, key=lambda c: len(c.keys() & target.keys()))  # first on ties
-    return best, dict(card) if isinstance(card, Mapping) else {}
+    return state, dict(card) if isinstance(card, Mapping) else {}
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from torch import nn
 from featrob.errors import ConfigError, FeatrobError, ModelError, UnknownNameError
 from featrob.models._parts import check_problem
 from featrob.models.base import FeatrobModel, split_backbone_head
+from featrob.models.normalization import DefaultNormalization, Request, declared
 from featrob.specs import split_spec
 
 
@@ -37,6 +38,7 @@ def build_model(
     head_options: dict[str, Any] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    model_dir: str | None = None,
 ) -> FeatrobModel:
     """Build the network named by ``spec`` and wrap it in a :class:`FeatrobModel`.
 
@@ -50,7 +52,11 @@ def build_model(
             ``"fc"`` keep the network's own linear head.
         head_registry: the head registry (default: the built-in heads ``fc`` and ``l2``).
         head_options: keyword options for the head factory.
-        mean, std: per-channel normalisation of [0, 1] inputs (1 or C values each).
+        mean, std: per-channel normalisation of [0, 1] inputs (1 or C values each); None
+            leaves the choice to :mod:`featrob.models.normalization` (the caller applies it,
+            see ``FeatrobModel.default_normalization``).
+        model_dir: where a model zoo keeps weights; given to a registered factory that has
+            a ``model_dir`` parameter (``--model-dir``).
 
     Returns:
         The wrapped model; ``arch`` records spec, options, head, head_options,
@@ -64,7 +70,7 @@ def build_model(
     """
     options = dict(options or {})
     head_options = dict(head_options or {})
-    reserved = sorted({"input_shape", "num_classes", "arg"} & options.keys())
+    reserved = sorted({"input_shape", "num_classes", "arg", "model_dir"} & options.keys())
     if reserved:
         raise ConfigError(f"{', '.join(reserved)} cannot be given as model options")
     shape, num_classes = check_problem(spec, input_shape, num_classes)
@@ -74,7 +80,10 @@ def build_model(
                 f"normalisation {what} needs 1 or {shape[0]} values, got {list(values)}"
             )
 
-    net = _instantiate(spec, registry, shape, num_classes, options)
+    net, factory_module, registered = _instantiate(
+        spec, registry, shape, num_classes, options, model_dir
+    )
+    said = declared(net, factory_module)
     for module in net.modules():
         if isinstance(getattr(module, "inplace", None), bool):
             module.inplace = False
@@ -101,6 +110,7 @@ def build_model(
         layers=layers,
         feature_layer=getattr(net, "featrob_feature_layer", None),
         arch=arch,
+        pretrained=_pretrained(net),
     )
     if head is not None and (head != "fc" or head_options):
         factory = _head_factory(head, head_registry)
@@ -108,7 +118,32 @@ def build_model(
         if not isinstance(new_head, nn.Module):
             raise ModelError(f"head {head!r} factory returned {type(new_head).__name__}")
         model = model.with_head(new_head)
+    model.default_normalization = default_normalization(said, registered)
     return model
+
+
+def default_normalization(
+    said: tuple[Request, str] | None, registered: bool
+) -> DefaultNormalization:
+    """The normalisation a freshly built network gets unless a flag or a card says otherwise
+    (the rules of :mod:`featrob.models.normalization`)."""
+    if said is not None:
+        return DefaultNormalization(*said, declared=True)
+    if registered:
+        return DefaultNormalization(
+            Request("dataset"), "featrob's own architecture: the data set's", declared=False
+        )
+    return DefaultNormalization(
+        Request("none"),
+        "a network of your own takes [0, 1] pixels unless --normalize or "
+        "FEATROB_NORMALIZE says otherwise",
+        declared=False,
+    )
+
+
+def _pretrained(net: nn.Module) -> str | None:
+    value = getattr(net, "featrob_pretrained", None)
+    return str(value) if value else None
 
 
 def _head_factory(head: str, head_registry: Any) -> Callable[..., Any]:
@@ -122,15 +157,21 @@ def _head_factory(head: str, head_registry: Any) -> Callable[..., Any]:
 
 
 def _instantiate(
-    spec: str, registry: Any, shape: tuple[int, int, int], num_classes: int, options: dict
-) -> nn.Module:
-    """The raw ``nn.Module`` for ``spec`` (registered factory or imported callable)."""
+    spec: str,
+    registry: Any,
+    shape: tuple[int, int, int],
+    num_classes: int,
+    options: dict,
+    model_dir: str | None = None,
+) -> tuple[nn.Module, Any, bool]:
+    """The raw ``nn.Module`` for ``spec``, the Python module of an imported factory (None
+    for a registered one) and whether the factory is registered."""
     name, arg = split_spec(spec)
     registered = registry is not None and name in registry
     if not registered and ("." in name or (arg is not None and _importable(name))):
         if not arg:
             raise ModelError(f"model spec {spec!r} names a module; write it as module:factory")
-        factory = _import_factory(name, arg, spec)
+        factory, factory_module = _import_factory(name, arg, spec)
         kwargs: dict[str, Any] = {}
         sig = _parameters(factory)
         if sig is None or "num_classes" in sig[0]:
@@ -150,12 +191,15 @@ def _instantiate(
             extra["arg"] = arg
         elif arg is not None:
             raise ConfigError(f"model {name!r} takes no ':ARG' part, got {spec!r}")
+        if "model_dir" in params:
+            extra["model_dir"] = model_dir
         net = _call(factory, f"model {name!r}", shape, num_classes, **extra, **options)
+        factory_module = None
     if not isinstance(net, nn.Module):
         raise ModelError(
             f"model {spec!r}: the factory returned {type(net).__name__}, not nn.Module"
         )
-    return net
+    return net, factory_module, registered
 
 
 def _importable(name: str) -> bool:
@@ -165,7 +209,7 @@ def _importable(name: str) -> bool:
         return False
 
 
-def _import_factory(module_name: str, attr: str, spec: str) -> Callable[..., Any]:
+def _import_factory(module_name: str, attr: str, spec: str) -> tuple[Callable[..., Any], Any]:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -177,13 +221,14 @@ def _import_factory(module_name: str, attr: str, spec: str) -> Callable[..., Any
             f"importing {module_name!r} for model {spec!r} failed: {type(exc).__name__}: "
             f"{_first_line(exc)}"
         ) from exc
+    module = obj
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ModelError(f"module {module_name!r} has no attribute {attr!r} (model {spec!r})")
         obj = getattr(obj, part)
     if not callable(obj):
         raise ModelError(f"{module_name}:{attr} is not callable (model {spec!r})")
-    return obj
+    return obj, module
 
 
 def _parameters(func: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], bool] | None:
@@ -208,7 +253,8 @@ def _call(func: Callable[..., Any], what: str, *args: Any, **kwargs: Any) -> Any
         params = sig[0]
         unknown = sorted(k for k in kwargs if k not in params)
         if unknown:
-            valid = [p for p in params if p not in ("input_shape", "num_classes", "arg")]
+            hidden = ("input_shape", "num_classes", "arg", "model_dir")
+            valid = [p for p in params if p not in hidden]
             raise ConfigError(
                 f"unknown option(s) {', '.join(repr(u) for u in unknown)} for {what}; "
                 f"valid: {', '.join(valid) or 'none'}"

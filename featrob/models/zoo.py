@@ -28,6 +28,7 @@ Layer names:
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -187,10 +188,13 @@ def tv(
     arg: str | None = None,
     **options: Any,
 ) -> nn.Module:
-    """A torchvision classifier by name (``tv:resnet50``), randomly initialised.
-
-    No pretrained weights are downloaded: load a checkpoint with ``--weights``. Extra
-    options are passed to ``torchvision.models.get_model`` (e.g. ``image_size`` for ViTs).
+    """A torchvision classifier by name (``tv:resnet50``), randomly initialised, or with
+    torchvision's published weights (option ``weights``: a weights name such as
+    ``IMAGENET1K_V1`` or ``DEFAULT``; torchvision downloads them into its hub cache, so this
+    needs a network or a filled cache). Such a model is analysed as it is (featrob does not
+    train it) with the normalisation of the weights' metadata. A checkpoint file loads with
+    ``--weights``. Other options go to ``torchvision.models.get_model`` (e.g. ``image_size``
+    for ViTs).
 
     Raises:
         UnknownNameError: ``arg`` is not a torchvision classification model.
@@ -208,10 +212,53 @@ def tv(
         raise ModelError(
             f"torchvision model {arg!r} expects 3-channel images, got input_shape {shape}"
         )
+    weights = options.pop("weights", None)
+    if weights:
+        return _tv_pretrained(arg, str(weights), k, options)
     try:
         return torchvision.models.get_model(arg, weights=None, num_classes=k, **options)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build torchvision model {arg!r}: {exc}") from None
+
+
+def _tv_pretrained(arg: str, weights: str, num_classes: int, options: dict[str, Any]) -> nn.Module:
+    """A torchvision classifier with its published weights (``model_options.weights``),
+    declaring the normalisation of the weights' metadata and that it is trained."""
+    import torch
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(arg)
+    names = [w.name for w in enum]
+    if weights == "DEFAULT":
+        chosen = enum.DEFAULT
+    elif weights in names:
+        chosen = enum[weights]
+    else:
+        raise UnknownNameError(f"torchvision weights of {arg}", weights, [*names, "DEFAULT"])
+    classes = len(chosen.meta.get("categories") or [])
+    if classes and classes != num_classes:
+        raise ModelError(
+            f"torchvision weights {arg} {chosen.name} classify {classes} classes; the data set "
+            f"has {num_classes} (leave out model_options.weights to train a fresh tv:{arg})"
+        )
+    try:
+        net = torchvision.models.get_model(arg, weights=chosen, **options)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot build torchvision model {arg!r}: {exc}") from None
+    except Exception as exc:  # the download failed: offline, or no space
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / chosen.url.rsplit("/", 1)[-1]
+        raise ModelError(
+            f"cannot fetch torchvision weights {arg} {chosen.name} ({type(exc).__name__}); "
+            f"offline, put the file at {cache}"
+        ) from None
+    transform = chosen.transforms()
+    net.featrob_normalize = {
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "source": f"the metadata of torchvision weights {arg} {chosen.name}",
+    }
+    net.featrob_pretrained = f"torchvision {arg} {chosen.name} ({chosen.url})"
+    return net
 
 
 #: Registered name -> factory (what the built-in models plugin registers).
