@@ -36,7 +36,7 @@ def near_chance_warning(
         return None
     return (
         f"clean accuracy {accuracy:.2f} on the {n} analysed samples is near chance "
-        f"({1 / num_classes:.2f}) for a model featrob did not train: check its input "
+        f"({1 / num_classes:.2f}) or below for a model featrob did not train: check its input "
         f"normalisation (it got {normalization.describe()}: {normalization.source}; "
         "change it with --normalize), the class order of the data set, and that the weights "
         "belong to this architecture and data set"

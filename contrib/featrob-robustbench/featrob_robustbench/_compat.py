@@ -15,6 +15,7 @@ when the real module is missing, before robustbench is imported. Nothing else ch
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -22,8 +23,9 @@ from pathlib import Path
 
 
 def bridge() -> None:
-    """Install the two aliases robustbench needs, where the real modules are missing."""
-    if importlib.util.find_spec("autoattack") is None and importlib.util.find_spec("pyautoattack"):
+    """Install the two aliases robustbench needs, where the real modules are missing
+    (idempotent: a second call finds them in ``sys.modules``)."""
+    if not _available("autoattack") and _available("pyautoattack"):
         package = importlib.import_module("pyautoattack")
         sys.modules.setdefault("autoattack", package)
         for sub in ("autoattack", "state", "autopgd_base", "fab_pt", "square", "other_utils"):
@@ -32,10 +34,21 @@ def bridge() -> None:
             except ImportError:
                 continue
             sys.modules.setdefault(f"autoattack.{sub}", module)
-    if importlib.util.find_spec("pkg_resources") is None:
+    if not _available("pkg_resources"):
         shim = types.ModuleType("pkg_resources")
+        shim.__spec__ = importlib.machinery.ModuleSpec("pkg_resources", None)
         shim.resource_filename = _resource_filename  # type: ignore[attr-defined]
         sys.modules.setdefault("pkg_resources", shim)
+
+
+def _available(name: str) -> bool:
+    """True when ``import name`` would find a module (already imported or on the path)."""
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _resource_filename(package: str, resource: str) -> str:
