@@ -15,6 +15,7 @@ from featrob.distributed import main_first
 from featrob.errors import ConfigError, ModelError
 from featrob.models import build_model, load_weights, normalization, save_checkpoint, warm_start
 from featrob.models.base import FeatrobModel
+from featrob.models.checkpoints import read_card
 from featrob.models.normalization import Normalization
 from featrob.plugins import PluginHost
 from featrob.progress import Reporter
@@ -65,7 +66,7 @@ def build(config: RunConfig, data: DatasetBundle, host: PluginHost) -> FeatrobMo
         head_options=config.head_options,
         model_dir=config.model_dir,
     )
-    init_card = checkpoint_card(config.train.init) if config.train.init else None
+    init_card = read_card(config.train.init) if config.train.init else None
     apply_normalization(model, config, data, card=init_card, weights=config.train.init)
     check_forward(model, data)
     return model
@@ -90,13 +91,6 @@ def apply_normalization(
         channels=data.input_shape[0],
     )
     model.set_normalization(chosen)
-
-
-def checkpoint_card(path: str) -> dict[str, Any]:
-    """The featrob card of a checkpoint file (``{}`` for a plain state_dict)."""
-    from featrob.models.checkpoints import read_card
-
-    return read_card(path)
 
 
 def check_forward(model: FeatrobModel, data: DatasetBundle) -> None:

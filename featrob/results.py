@@ -140,11 +140,12 @@ class Results:
         record = self.environment.get("normalization")
         if not isinstance(record, dict):
             return None
+        from featrob.errors import ConfigError
         from featrob.models.normalization import Normalization
 
         try:
             norm = Normalization.from_json(record, str(record.get("source", "")))
-        except Exception:
+        except (ConfigError, TypeError):  # a hand-edited results.json: say nothing
             return None
         return f"input normalisation: {norm.describe()} ({norm.source})"
 

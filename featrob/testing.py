@@ -313,6 +313,15 @@ def check_model(
     return results
 
 
+def plugin_host(plugin: object, name: str) -> PluginHost:
+    """Every installed plugin, plus ``plugin`` under ``name`` when it is not installed (a
+    plugin's own tests run from its source folder as well as from an installed copy)."""
+    host = PluginHost()
+    if name not in host.plugins:
+        host.add(plugin, name)
+    return host
+
+
 def temporary_store() -> Path:
     """A fresh folder for a feature store (removed at interpreter exit by the OS tmp cleaner)."""
     return Path(tempfile.mkdtemp(prefix="featrob-store-"))
@@ -325,6 +334,7 @@ __all__ = [
     "check_metric",
     "check_model",
     "make_context",
+    "plugin_host",
     "temporary_store",
     "tiny_dataset",
     "tiny_model",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -33,6 +35,16 @@ def install_fake_distribution(
     (info / "METADATA").write_text(_metadata(name, version))
     (info / "entry_points.txt").write_text(_entry_points(entry_points))
     return site
+
+
+def pip_install(source: Path, target: Path) -> subprocess.CompletedProcess:
+    """``pip install`` a local distribution into the folder ``target`` offline (no
+    dependencies, no build isolation: hatchling comes from the test environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(target), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
 
 
 def build_wheel(

@@ -209,26 +209,19 @@ def test_a_factory_declares_its_normalisation(tmp_path: Path, user_module):
         featrob.load_model(f"{module}:tagged", data, weights=weights)
 
 
+def _train(out: Path, *extra: str) -> dict:
+    """``featrob train`` a small MLP on digits for one epoch; return its card."""
+    trained = invoke(
+        ["train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--quiet",
+         "--set", "train.n_per_class=20", *extra, "--out", str(out)]
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    return json.loads(out.with_suffix(".json").read_text())
+
+
 def test_a_featrob_trained_model_round_trips_its_normalisation(tmp_path: Path):
     out = tmp_path / "net.pt"
-    trained = invoke(
-        [
-            "train",
-            "--model",
-            "mlp",
-            "--dataset",
-            "digits",
-            "--epochs",
-            "1",
-            "--quiet",
-            "--set",
-            "train.n_per_class=20",
-            "--out",
-            str(out),
-        ]
-    )
-    assert trained.exit_code == 0, trained.output
-    card = json.loads(out.with_suffix(".json").read_text())
+    card = _train(out)
     data = featrob.load_data("digits")
     assert card["normalization"]["kind"] == "dataset"
     assert card["normalization"]["mean"] == pytest.approx(list(data.mean))
@@ -238,26 +231,7 @@ def test_a_featrob_trained_model_round_trips_its_normalisation(tmp_path: Path):
 
     # trained without normalisation: loaded without it, although mlp is featrob's own
     plain = tmp_path / "plain.pt"
-    trained = invoke(
-        [
-            "train",
-            "--model",
-            "mlp",
-            "--dataset",
-            "digits",
-            "--epochs",
-            "1",
-            "--quiet",
-            "--normalize",
-            "none",
-            "--set",
-            "train.n_per_class=20",
-            "--out",
-            str(plain),
-        ]
-    )
-    assert trained.exit_code == 0, trained.output
-    assert json.loads(plain.with_suffix(".json").read_text())["normalization"]["kind"] == "none"
+    assert _train(plain, "--normalize", "none")["normalization"]["kind"] == "none"
     model = featrob.load_model("mlp", data, weights=plain)
     assert model.normalization.identity and model.normalization.kind == "none"
 

@@ -17,7 +17,13 @@ from featrob.plugins import PluginHost
 from featrob.registry import Registry
 from featrob.results import MetricResult
 
-from .distributions import BROKEN_PLUGIN, ECHO_PLUGIN, build_wheel, install_fake_distribution
+from .distributions import (
+    BROKEN_PLUGIN,
+    ECHO_PLUGIN,
+    build_wheel,
+    install_fake_distribution,
+    pip_install,
+)
 
 
 class Constant(Metric):
@@ -240,11 +246,7 @@ def test_contrib_example_metric_installs_runs_and_passes_its_own_tests(tmp_path:
     through its entry point, run through `featrob run`, and its own test file passes."""
     source = Path(__file__).resolve().parents[1] / "contrib" / "featrob-example-metric"
     target = tmp_path / "site"
-    pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    pip = pip_install(source, target)
     assert pip.returncode == 0, pip.stderr
     env = {"PYTHONPATH": str(target)}
     listed = _featrob("plugins", "--json", env_extra=env, cwd=tmp_path)

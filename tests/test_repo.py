@@ -128,6 +128,7 @@ def test_every_readme_run_command_is_a_valid_config(monkeypatch: pytest.MonkeyPa
 
     from featrob.cli import create_app
     from featrob.plugins import PluginHost
+    from featrob.testing import plugin_host
 
     commands = _readme_commands("featrob run")
     launched = _readme_commands("torchrun")  # torchrun [launcher options] -m featrob run ...
@@ -155,8 +156,7 @@ def test_every_readme_run_command_is_a_valid_config(monkeypatch: pytest.MonkeyPa
             import importlib
 
             monkeypatch.syspath_prepend(str(ROOT / "contrib" / zoo[0]))
-            zoo_host = PluginHost()
-            zoo_host.add(importlib.import_module(zoo[1]), zoo[2])
+            zoo_host = plugin_host(importlib.import_module(zoo[1]), zoo[2])
             result = CliRunner().invoke(create_app(lambda h=zoo_host: h), [*argv[1:], "--check"])
             assert result.exit_code == 0, f"{' '.join(argv)}\n{result.output}"
             continue

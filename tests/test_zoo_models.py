@@ -19,6 +19,8 @@ import featrob
 from featrob.errors import ModelError, UnknownNameError
 from featrob.testing import check_model
 
+from .distributions import pip_install
+
 ROOT = Path(__file__).resolve().parents[1]
 ZOOS = {
     "robustbench": ("featrob-robustbench", "robustbench"),
@@ -36,11 +38,7 @@ def test_contrib_zoo_plugin_installs_is_found_and_passes_its_own_tests(plugin: s
         pytest.skip(f"{needs} is not installed (pip install '.[test]' brings it)")
     source = ROOT / "contrib" / folder
     target = tmp_path / "site"
-    pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    pip = pip_install(source, target)
     assert pip.returncode == 0, pip.stderr
     env = {**os.environ, "PYTHONPATH": str(target)}
     listed = subprocess.run(

@@ -26,14 +26,8 @@ def bridge() -> None:
     """Install the two aliases robustbench needs, where the real modules are missing
     (idempotent: a second call finds them in ``sys.modules``)."""
     if not _available("autoattack") and _available("pyautoattack"):
-        package = importlib.import_module("pyautoattack")
-        sys.modules.setdefault("autoattack", package)
-        for sub in ("autoattack", "state", "autopgd_base", "fab_pt", "square", "other_utils"):
-            try:
-                module = importlib.import_module(f"pyautoattack.{sub}")
-            except ImportError:
-                continue
-            sys.modules.setdefault(f"autoattack.{sub}", module)
+        sys.modules.setdefault("autoattack", importlib.import_module("pyautoattack"))
+        sys.modules.setdefault("autoattack.state", importlib.import_module("pyautoattack.state"))
     if not _available("pkg_resources"):
         shim = types.ModuleType("pkg_resources")
         shim.__spec__ = importlib.machinery.ModuleSpec("pkg_resources", None)

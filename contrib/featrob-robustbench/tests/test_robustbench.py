@@ -16,7 +16,7 @@ import featrob
 from featrob.cli import create_app
 from featrob.errors import ModelError, UnknownNameError
 from featrob.plugins import PluginHost
-from featrob.testing import check_model, write_npz_dataset
+from featrob.testing import check_model, plugin_host, write_npz_dataset
 
 #: A RobustBench CIFAR-10 Linf model small enough for a CPU test: PreAct ResNet-18, which
 #: normalises its inputs inside itself (mu/sigma buffers).
@@ -33,10 +33,7 @@ def featrob_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def host() -> PluginHost:
     """Every installed plugin, and this one (also when only its folder is on sys.path)."""
-    host = PluginHost()
-    if "robustbench" not in host.plugins:
-        host.add(featrob_robustbench, "robustbench")
-    return host
+    return plugin_host(featrob_robustbench, "robustbench")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import torch
 import featrob
 from featrob.errors import ConfigError, ModelError, UnknownNameError
 from featrob.plugins import PluginHost
-from featrob.testing import check_model, write_npz_dataset
+from featrob.testing import check_model, plugin_host, write_npz_dataset
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
@@ -27,10 +27,7 @@ def featrob_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def host() -> PluginHost:
     """Every installed plugin, and this one (also when only its folder is on sys.path)."""
-    host = PluginHost()
-    if "timm" not in host.plugins:
-        host.add(featrob_timm, "timm")
-    return host
+    return plugin_host(featrob_timm, "timm")
 
 
 @pytest.fixture
