@@ -10,9 +10,7 @@ or package it with an entry point (see README, "Write a plugin").
 from __future__ import annotations
 
 import featrob
-from featrob.attacks import margin_loss
-from featrob.metrics import Metric
-from featrob.results import Figure, MetricResult
+from featrob import Figure, Metric, MetricResult, margin_loss
 
 
 class LogitMargin(Metric):

@@ -34,7 +34,7 @@ from featrob.errors import ConfigError, DataError
 from featrob.metrics import Metric
 from featrob.models.base import FeatrobModel, split_backbone_head
 from featrob.plugins import PluginHost
-from featrob.progress import Reporter
+from featrob.progress import ProgressBars
 from featrob.results import MetricResult
 
 
@@ -89,7 +89,9 @@ def load_model(
     if weights is not None:
         values["weights"] = str(weights)
     cfg = RunConfig.from_dict(values)
-    model, _ = prepare_model(cfg, bundle, host, resolve_device(device), Reporter(quiet=cfg.quiet))
+    model, _ = prepare_model(
+        cfg, bundle, host, resolve_device(device), ProgressBars(quiet=cfg.quiet)
+    )
     return model
 
 
@@ -184,7 +186,7 @@ def context_for(
         dev,
         host,
         FeatureStore(store) if store is not None else None,
-        Reporter(quiet=cfg.quiet),
+        ProgressBars(quiet=cfg.quiet),
         model.fingerprint(),
     )
 

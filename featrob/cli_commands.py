@@ -286,7 +286,7 @@ def add_train_command(
     ) -> None:
         """Train a model and write a checkpoint with a JSON card (accuracies, versions)."""
         from featrob.prepare import build, fit, load_data, resolve_device, write_checkpoint
-        from featrob.progress import Reporter
+        from featrob.progress import ProgressBars
         from featrob.runner import check_model_config
         from featrob.specs import parse_fraction
 
@@ -319,7 +319,7 @@ def add_train_command(
         if check:
             typer.echo(f"config ok: train {cfg.model} on {cfg.dataset} with {cfg.train.method}")
             return
-        progress = Reporter(quiet=cfg.quiet)
+        progress = ProgressBars(quiet=cfg.quiet)
         data = load_data(cfg, host)
         net = build(cfg, data, host)
         card = fit(

@@ -293,7 +293,7 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
 
 
 def _validate(cfg: RunConfig) -> RunConfig:
-    from featrob.attacks.base import parse_norm
+    from featrob.specs import parse_norm
 
     cfg.norm = parse_norm(cfg.norm)
     if cfg.norm == "linf" and cfg.eps > 1:
@@ -304,7 +304,7 @@ def _validate(cfg: RunConfig) -> RunConfig:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
     if cfg.max_memory is not None:
-        from featrob.memory import parse_size
+        from featrob.specs import parse_size
 
         cfg.max_memory = str(cfg.max_memory)
         parse_size(cfg.max_memory)

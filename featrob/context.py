@@ -11,9 +11,11 @@ import torch
 from torch import Tensor
 
 from featrob.attacks.base import Attack
+from featrob.attacks.factory import expand_presets, make_attack
 from featrob.extract import AutocastForward, Extractor, FeatureSet, autocast_context
+from featrob.rows import CachedRows, Compute, MemoryStore, RowCache
 from featrob.seeding import derive_seed, sample_seeds
-from featrob.specs import parse_call
+from featrob.specs import parse_size
 
 if TYPE_CHECKING:
     from featrob.attacks.protocol import Evaluation, Plan
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from featrob.data.base import DatasetBundle, DataSplit
     from featrob.models.base import FeatrobModel
     from featrob.plugins import PluginHost
-    from featrob.progress import Reporter
+    from featrob.progress import ProgressBars
     from featrob.registry import Registry
     from featrob.store import FeatureStore
 
@@ -49,8 +51,10 @@ class RunContext:
         device: torch.device,
         host: PluginHost,
         store: FeatureStore | None,
-        progress: Reporter,
+        progress: ProgressBars,
         model_fingerprint: str,
+        *,
+        memory: MemoryStore | None = None,
     ) -> None:
         self.config, self.model, self.data, self.split = config, model, data, split
         self.device, self.host, self.store, self.progress = device, host, store, progress
@@ -61,15 +65,24 @@ class RunContext:
             "data_options": config.data_options,
             "split": config.split,
         }
+        # Without a store, rows live in memory for the whole run (variants and subsets too).
+        self._memory = memory if memory is not None else MemoryStore()
+        self._rows = RowCache(
+            store if store is not None else self._memory,
+            {"model": model_fingerprint, **self.data_key},
+            amp=config.amp,
+            progress=progress,
+        )
         self._extractor = Extractor(
             model,
             split,
             device,
             store,
-            base_key={"model": model_fingerprint, **self.data_key},
+            base_key={},
             batch_size=config.batch_size,
             amp=config.amp,
             progress=progress,
+            rows=self._rows,
         )
 
     # ------------------------------------------------------------------ data
@@ -135,24 +148,20 @@ class RunContext:
             **params: override parameters of the spec.
         """
         if spec is None:  # the run's first attack, presets ("standard") expanded
-            from featrob.attacks.protocol import expand_presets
-
             spec = expand_presets(self.config.attacks)[0]
-        name, spec_params = parse_call(spec)
-        cls = self.attacks.get(name)
-        return cls(
+        return make_attack(
+            spec,
             eps=self.config.eps if eps is None else eps,
             norm=norm or self.config.norm,
             seed=self.config.seed if seed is None else seed,
-            **{**spec_params, **params},
+            registry=self.attacks,
+            **params,
         )
 
     # ------------------------------------------------------------------ memory
     @property
     def memory_budget(self) -> int | None:
         """``--max-memory`` in bytes (None: no budget)."""
-        from featrob.memory import parse_size
-
         return parse_size(self.config.max_memory)
 
     def chunk_size(
@@ -194,8 +203,6 @@ class RunContext:
 
     def run_attacks(self) -> list[Attack]:
         """The run's configured attacks (``--attack``; presets expanded), instantiated."""
-        from featrob.attacks.protocol import expand_presets
-
         return [self.make_attack(spec) for spec in expand_presets(self.config.attacks)]
 
     def evaluate(
@@ -204,21 +211,26 @@ class RunContext:
         *,
         eps: float | None = None,
         norm: str | None = None,
+        model: FeatrobModel | None = None,
     ) -> Evaluation:
         """Robust accuracy of the analysed samples under ``attacks`` (default: the run's),
         AutoAttack style: attacks in order on the still-robust samples, per-sample worst case,
         masking checks; per-attack records go to the store, so a second run or a resumed one
         reuses them.
+
+        Args:
+            attacks: attack instances, specs, presets or :class:`featrob.Plan` objects.
+            eps, norm: the threat model (default the run's).
+            model: evaluate another model on the run's samples (a model sharing the run
+                model's backbone, say); default the run's model. It runs under ``--amp``
+                like the run's, and its records are keyed by its fingerprint.
         """
         from featrob.attacks.protocol import evaluate
 
-        model = (
-            self.model
-            if self.config.amp is None
-            else AutocastForward(self.model, self.device, self.config.amp)
-        )
+        target = self.model if model is None else model
+        rows = self._rows if model is None else self._rows.with_model(model.fingerprint())
         return evaluate(
-            model,
+            self.amp_forward(target),
             self.inputs(),
             self.labels,
             attacks if attacks is not None else self.config.attacks,
@@ -228,10 +240,16 @@ class RunContext:
             indices=self.indices,
             registry=self.attacks,
             batch_size=self.config.batch_size,
-            store=self.store,
-            store_key={"model": self.model_fingerprint, **self.data_key, "amp": self.config.amp},
             progress=self.progress,
+            rows=rows,
         )
+
+    def amp_forward(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` as the run's computations use it: under ``--amp`` (float32 outputs),
+        or unchanged without it."""
+        if self.config.amp is None:
+            return model
+        return AutocastForward(model, self.device, self.config.amp)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed-precision context for forward passes (``--amp``), or a no-op."""
@@ -265,6 +283,7 @@ class RunContext:
             self.store,
             self.progress,
             model.fingerprint(),
+            memory=self._memory,
         )
 
     def compared(self, spec: str) -> RunContext:
@@ -289,6 +308,7 @@ class RunContext:
             self.store,
             self.progress,
             self.model_fingerprint,
+            memory=self._memory,
         )
 
     @property
@@ -296,6 +316,92 @@ class RunContext:
         """How comparison tables name the run's model: its training method, or "run model"
         for a checkpoint given with ``--weights``."""
         return "run model" if self.config.weights else self.config.train.method
+
+    # ------------------------------------------------------------------ cached work
+    def store_key(
+        self, kind: str, params: dict[str, Any] | None = None, *, precision: bool = True
+    ) -> dict[str, Any]:
+        """The full store key of a computation on the run's model and samples: the model
+        fingerprint, the data identity and split, ``--amp`` (with ``precision``: the
+        computation's passes run under :meth:`autocast`) and the computation's own ``kind``
+        and device-independent ``params`` (which may override ``split``)."""
+        return self._rows.key(kind, params, precision=precision)
+
+    def cached_rows(
+        self,
+        kind: str,
+        params: dict[str, Any] | None,
+        row_keys: np.ndarray,
+        compute: Compute,
+        *,
+        batch_size: int | None = None,
+        batches: Sequence[np.ndarray] | None = None,
+        label: str = "",
+        fields: Sequence[str] | None = None,
+        stored: Sequence[str] | None = None,
+        accept: Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray] | None = None,
+        precision: bool = True,
+    ) -> CachedRows:
+        """Rows computed once: what the store holds is read, the missing rows are computed in
+        batches (shared among the ranks under torchrun), each batch is written as it finishes
+        (a killed run resumes there), and every row comes back in the order of ``row_keys``.
+        Without a store (``--store none``) the rows are kept in memory for the run.
+
+        Args:
+            kind: what the rows are, e.g. ``"my-metric.distances"`` (part of the key).
+            params: the device-independent parameters that determine the rows (part of the
+                key; add a ``"version"`` and bump it when the computation changes).
+            row_keys: ``[R]`` distinct int64 row identifiers, e.g. :attr:`indices` or pair
+                keys ``i * stride + j``.
+            compute: ``compute(positions) -> {field: array}``, the rows of
+                ``row_keys[positions]`` (first axis ``len(positions)``, CPU NumPy arrays).
+            batch_size: missing rows per ``compute`` call (default: all at once).
+            batches: instead, your own batches of positions (a batch with any missing row is
+                computed whole), e.g. the cells of a grid.
+            label: progress-bar text.
+            fields: fields to read back from the store (default all).
+            stored: fields of ``compute``'s result to store (default all; the others are
+                zeros for rows read back).
+            accept: ``accept(stored_rows, positions) -> bool mask`` of stored rows still
+                valid (rejected rows are recomputed).
+            precision: ``compute`` runs its passes under :meth:`autocast` (the key records
+                ``--amp``); False for a computation always in float32.
+
+        Returns:
+            :class:`featrob.CachedRows`: ``rows[field]`` ``[R, ...]`` and ``rows.computed``.
+        """
+        return self._rows.rows(
+            self.store_key(kind, params, precision=precision),
+            row_keys,
+            compute,
+            batch_size=batch_size,
+            batches=batches,
+            label=label,
+            fields=fields,
+            stored=stored,
+            accept=accept,
+        )
+
+    def cached_model(
+        self,
+        kind: str,
+        params: dict[str, Any],
+        module: torch.nn.Module,
+        train: Callable[[], object],
+    ) -> bool:
+        """Train ``module`` once and keep its weights: the first call runs ``train()`` (which
+        trains ``module`` in place) and saves ``module.state_dict()`` under
+        ``$FEATROB_HOME/models``, keyed by ``kind``, ``params``, the run model's fingerprint
+        and the data; later calls (later runs, the other ranks under torchrun) load it.
+
+        Returns:
+            True when the weights came from the cache.
+        """
+        from featrob.model_cache import cached_module, model_cache_path
+
+        key = {"kind": kind, "base": self.model_fingerprint, **self.data_key, **params}
+        path = model_cache_path(key, prefix=kind)
+        return cached_module(path, module, train, self.device)
 
     # ------------------------------------------------------------------ features
     def features(

@@ -10,7 +10,7 @@ attack does not rerun the attack.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +20,11 @@ from torch import Tensor
 
 from featrob.attacks.base import Attack
 from featrob.data.base import DataSplit
-from featrob.distributed import map_batches
 from featrob.models.base import FeatrobModel
-from featrob.progress import Reporter
+from featrob.progress import ProgressBars
+from featrob.rows import RowCache
 from featrob.seeding import sample_seeds
-from featrob.store import FeatureStore
+from featrob.store import FeatureStore, key_digest
 from featrob.transfer import to_device
 
 
@@ -92,6 +92,7 @@ class Extractor:
         batch_size: samples per forward pass and per store chunk.
         amp: mixed precision for forward passes (part of the store key).
         progress: progress bars.
+        rows: the run's row cache (built from ``store``, ``base_key``, ``amp`` when None).
     """
 
     def __init__(
@@ -103,17 +104,18 @@ class Extractor:
         base_key: dict[str, Any],
         batch_size: int = 256,
         amp: str | None = None,
-        progress: Reporter | None = None,
+        progress: ProgressBars | None = None,
+        rows: RowCache | None = None,
     ) -> None:
-        self.model, self.split, self.device, self.store = model, split, device, store
-        self.base_key = {**base_key, "amp": amp}
+        self.model, self.split, self.device = model, split, device
+        self.rows = rows or RowCache(store, base_key, amp=amp, progress=progress)
         self.batch_size, self.amp = batch_size, amp
-        self.progress = progress or Reporter(quiet=True)
-        self._memory: dict[str, dict[str, np.ndarray]] = {}  # used when store is None
         self._cache: dict[str, Tensor] = {}  # store digest -> full-split tensor
-        order = np.argsort(split.indices.numpy(), kind="stable")
-        self._sorted_idx = split.indices.numpy()[order]
-        self._sorted_pos = order
+        indices = split.indices.numpy().astype(np.int64)
+        self._sorted_idx = np.unique(indices)  # rows are computed in index order
+        self._split_pos = np.searchsorted(self._sorted_idx, indices)
+        self._pos_of_sorted = np.empty(len(self._sorted_idx), dtype=np.int64)
+        self._pos_of_sorted[self._split_pos] = np.arange(len(indices))
 
     # ------------------------------------------------------------------ public
     def features(
@@ -145,105 +147,77 @@ class Extractor:
 
     # ------------------------------------------------------------------ machinery
     def _key(self, layer: str, attack: Attack | None) -> dict[str, Any]:
-        return {
-            **self.base_key,
-            "kind": "layer",
-            "layer": layer,
-            "perturbation": attack.spec() if attack is not None else None,
-        }
-
-    def _tag(self, layer: str, attack: Attack | None) -> str:
-        from featrob.store import key_digest
-
-        return key_digest(self._key(layer, attack))
+        perturbation = attack.spec() if attack is not None else None
+        return self.rows.key("layer", {"layer": layer, "perturbation": perturbation})
 
     def _ensure(self, layers: Sequence[str], attack: Attack | None) -> dict[str, Tensor]:
-        """Compute what is missing for ``layers`` and return full-split tensors.
+        """Full-split tensors for ``layers`` (memory cache, else store, else computed).
 
         Layer ``input`` is special: clean inputs are the images themselves (never stored);
         adversarial inputs are their own store entry, computed before any layer under the
         same attack so that every layer reads the same perturbed inputs.
         """
         result: dict[str, Tensor] = {}
-        if "input" in layers:
-            if attack is None:
-                result["input"] = self.split.float_images()
-            else:
-                result.update(self._load_or_compute(["input"], attack))
+        if "input" in layers and attack is None:
+            result["input"] = self.split.float_images()
         elif attack is not None:
-            self._fill(["input"], attack)  # layers below read these batch by batch
-        layers_to_run = [layer for layer in layers if layer != "input"]
-        if layers_to_run:
-            result.update(self._load_or_compute(layers_to_run, attack))
+            adversarial = self._rows(["input"], attack, load="input" in layers)
+            result.update(adversarial)
+        todo = [layer for layer in layers if layer != "input"]
+        if todo:
+            result.update(self._rows(todo, attack, load=True))
         return {layer: result[layer] for layer in layers}
 
-    def _fill(self, layers: list[str], attack: Attack | None) -> None:
-        """Compute and store the rows that ``layers`` miss (nothing when all are stored)."""
-        idx = self.split.indices.numpy()
-        missing = np.unique(np.concatenate([self._missing(layer, attack, idx) for layer in layers]))
-        if len(missing):
-            self._compute(layers, attack, missing)
-
-    def _load_or_compute(self, layers: list[str], attack: Attack | None) -> dict[str, Tensor]:
-        """Full-split tensors for ``layers`` (memory cache, else store, else computed)."""
-        tags = {layer: self._tag(layer, attack) for layer in layers}
+    def _rows(self, layers: list[str], attack: Attack | None, *, load: bool) -> dict[str, Tensor]:
+        """Compute what ``layers`` miss; with ``load``, return their full-split tensors."""
+        keys = {layer: self._key(layer, attack) for layer in layers}
+        tags = {layer: key_digest(key) for layer, key in keys.items()}
         result = {layer: self._cache[tag] for layer, tag in tags.items() if tag in self._cache}
-        todo = [layer for layer in layers if layer not in result]
-        if todo:
-            self._fill(todo, attack)
-            idx = self.split.indices.numpy()
-            for layer in todo:
-                values = torch.from_numpy(self._read(layer, attack, idx))
-                self._cache[tags[layer]] = values
-                result[layer] = values
-        return result
+        keys = {layer: key for layer, key in keys.items() if layer not in result}
+        if not keys:
+            return result
+        if layers == ["input"]:
+            assert attack is not None
+            what = "attack " + attack.label()
+        else:
+            what = "features" + (f" under {attack.label()}" if attack is not None else "")
 
-    def _positions(self, indices: np.ndarray) -> np.ndarray:
-        return self._sorted_pos[np.searchsorted(self._sorted_idx, indices)]
-
-    def _batches(self, indices: np.ndarray) -> Iterator[np.ndarray]:
-        for start in range(0, len(indices), self.batch_size):
-            yield indices[start : start + self.batch_size]
-
-    def _compute(self, layers: list[str], attack: Attack | None, missing: np.ndarray) -> None:
-        what = (
-            "attack " + attack.label()
-            if attack is not None and layers == ["input"]
-            else ("features" + (f" under {attack.label()}" if attack is not None else ""))
-        )
-
-        def compute(batch_idx: np.ndarray) -> dict[str, np.ndarray] | None:
-            pos = self._positions(batch_idx)
+        def compute(positions: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+            batch_idx = self._sorted_idx[positions]
+            pos = self._pos_of_sorted[positions]
+            labels = self.split.labels[torch.from_numpy(pos)].numpy()
             if layers == ["input"]:
                 assert attack is not None
                 outputs = {"input": self._attack_batch(attack, pos, batch_idx)}
             else:
-                x = self._batch_inputs(attack, pos, batch_idx)
-                outputs = self._forward(x, layers)
-            bar.advance(len(batch_idx))
-            if self.store is None:
-                return outputs  # kept in memory below, on every rank
-            labels = self.split.labels[torch.from_numpy(pos)].numpy()
-            for layer, values in outputs.items():
-                self._write(layer, attack, batch_idx, values, labels)
-            return None  # in the store, where every rank reads it
+                outputs = self._forward(self._batch_inputs(attack, pos, batch_idx), layers)
+            return {layer: {"values": outputs[layer], "labels": labels} for layer in keys}
 
-        # Batches are shared among the ranks of a distributed run (featrob.distributed).
-        batches = list(self._batches(missing))
-        with self.progress.bar(len(missing), what) as bar:
-            done = map_batches(batches, compute)
-        for batch_idx, outputs in zip(batches, done, strict=True):
-            if outputs is not None:
-                labels = self.split.labels[torch.from_numpy(self._positions(batch_idx))].numpy()
-                for layer, values in outputs.items():
-                    self._write(layer, attack, batch_idx, values, labels)
+        rows = self.rows.rows_many(
+            keys,
+            self._sorted_idx,
+            compute,
+            batch_size=self.batch_size,
+            label=what,
+            fields={layer: ["values"] for layer in keys},
+        )
+        if load:
+            for layer, found in rows.items():
+                values = torch.from_numpy(found["values"][self._split_pos])
+                self._cache[tags[layer]] = values
+                result[layer] = values
+        return result
 
     def _batch_inputs(
         self, attack: Attack | None, pos: np.ndarray, batch_idx: np.ndarray
     ) -> Tensor:
         if attack is None:
             return to_device(self.split.float_images(torch.from_numpy(pos)), self.device)
-        return to_device(torch.from_numpy(self._read("input", attack, batch_idx)), self.device)
+        tag = key_digest(self._key("input", attack))
+        if tag in self._cache:
+            return to_device(self._cache[tag][torch.from_numpy(pos)], self.device)
+        entry = self.rows.entry(self._key("input", attack))
+        return to_device(torch.from_numpy(entry.read(batch_idx, ["values"])["values"]), self.device)
 
     def _attack_batch(self, attack: Attack, pos: np.ndarray, batch_idx: np.ndarray) -> np.ndarray:
         x = to_device(self.split.float_images(torch.from_numpy(pos)), self.device)
@@ -258,36 +232,3 @@ class Extractor:
         with autocast_context(self.device, self.amp):
             outs = self.model.extract(x, layers)
         return {k: v.detach().float().cpu().numpy() for k, v in outs.items()}
-
-    # ------------------------------------------------------------------ storage
-    def _missing(self, layer: str, attack: Attack | None, idx: np.ndarray) -> np.ndarray:
-        if self.store is not None:
-            return self.store.entry(self._key(layer, attack)).missing(idx)
-        have = self._memory.get(self._tag(layer, attack), {}).get("indices")
-        return idx if have is None else idx[~np.isin(idx, have)]
-
-    def _write(
-        self,
-        layer: str,
-        attack: Attack | None,
-        idx: np.ndarray,
-        values: np.ndarray,
-        labels: np.ndarray,
-    ) -> None:
-        if self.store is not None:
-            self.store.entry(self._key(layer, attack)).write(idx, values=values, labels=labels)
-            return
-        mem = self._memory.setdefault(self._tag(layer, attack), {})
-        if "indices" in mem:
-            mem["indices"] = np.concatenate([mem["indices"], idx])
-            mem["values"] = np.concatenate([mem["values"], values])
-        else:
-            mem["indices"], mem["values"] = idx.copy(), values
-
-    def _read(self, layer: str, attack: Attack | None, idx: np.ndarray) -> np.ndarray:
-        if self.store is not None:
-            return self.store.entry(self._key(layer, attack)).read(idx, ["values"])["values"]
-        mem = self._memory[self._tag(layer, attack)]
-        order = np.argsort(mem["indices"])
-        where = order[np.searchsorted(mem["indices"], idx, sorter=order)]
-        return mem["values"][where]

@@ -24,7 +24,6 @@ the README compares budgets with the peak memory measured.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from featrob.errors import ConfigError
-
 #: A backward pass holds about as much memory again as the saved activations.
 BACKWARD_FACTOR = 2.0
-
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
 def tame_allocator() -> bool:
@@ -72,28 +67,6 @@ def _libc():
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-
-
-def parse_size(text: str | int | float | None) -> int | None:
-    """``"4GiB"``, ``"512MB"``, ``"2g"``, ``1e9`` -> bytes (binary units); None stays None.
-
-    Raises:
-        ConfigError: not a size, or not positive.
-    """
-    if text is None:
-        return None
-    if isinstance(text, int | float):
-        value = float(text)
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.I)
-        if match is None:
-            raise ConfigError(
-                f"max_memory: {text!r} is not a size; use e.g. 4GiB, 512MiB or a byte count"
-            )
-        value = float(match.group(1)) * _UNITS[match.group(2).lower()]
-    if not value > 0:
-        raise ConfigError(f"max_memory must be positive, got {text!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)

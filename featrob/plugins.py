@@ -5,20 +5,33 @@ group (``[project.entry-points.featrob]`` in a pyproject). Loading happens once,
 each plugin is loaded in its own try/except: a plugin that fails to import is recorded with
 its error instead of breaking ``featrob --help``; a run that needs it fails naming it.
 
-Registries (models, attacks, metrics, ...) are built on first use by calling each plugin's
-``featrob_register_*`` hook with a ``register`` callable bound to that plugin's name, so every
-entry knows which plugin provided it.
+Registries (models, attacks, metrics, ...) are built on first use by calling the
+``featrob_register_*`` hook with a ``register`` callable that records the name of the plugin
+whose implementation is running, so every entry knows which plugin provided it.
+
+Every hook is called through pluggy's own call loop (``pm.hook.NAME(**kwargs)``), so call
+order (``tryfirst``/``trylast``; otherwise later-registered plugins first) and hook wrappers
+(``hookwrapper=True`` and ``wrapper=True``) behave as in any pluggy project. Isolation of
+plugins comes from a guard the host puts around each plugin's hook implementations: it skips
+plugins marked broken and sets the current plugin for ``register``; while the host collects
+failures (in :meth:`PluginHost.registry` and :meth:`PluginHost.call`) it records an
+implementation's exception against its plugin and lets the other plugins run. Called directly
+(``host.pm.hook.NAME(...)``), implementations raise as usual. Wrappers are not isolated: one
+that raises fails the whole call, reported against its plugin.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
 import sys
 import traceback
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import partial
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
@@ -156,7 +169,7 @@ class PluginHost:
         self._plugins[ep.name] = info
         try:
             plugin = ep.load()
-            self.pm.register(plugin, name=ep.name)
+            self._register(plugin, ep.name)
         except Exception as exc:  # one broken plugin must not break the others
             _record_failure(info, exc)
 
@@ -170,11 +183,35 @@ class PluginHost:
         info = PluginInfo(name=name, source=source, target=str(target))
         self._plugins[name] = info
         try:
-            self.pm.register(plugin, name=name)
+            self._register(plugin, name)
         except Exception as exc:
             _record_failure(info, exc)
         self._registries.clear()
         return info
+
+    def _register(self, plugin: object, name: str) -> None:
+        """Register ``plugin`` with pluggy and guard its hook implementations."""
+        self.pm.register(plugin, name=name)
+        for hook in self.pm.get_hookcallers(plugin) or []:
+            self._guard(hook)
+
+    def _guard(self, hook: pluggy.HookCaller) -> pluggy.HookCaller:
+        """Put the host's guard around every implementation of ``hook`` not guarded yet.
+
+        The guards are idempotent; implementations registered with ``host.pm.register`` behind
+        the host's back get theirs on the host's next call of the hook.
+        """
+        for impl in hook.get_hookimpls():
+            if not hasattr(impl.function, _GUARD_MARK):
+                # pluggy calls ``impl.function`` with ``impl.argnames``, which it computed from
+                # the original function when it created the HookImpl: they stay valid.
+                impl.function = _guarded(  # type: ignore[misc]
+                    impl.function,
+                    impl.plugin_name,
+                    self._plugins,
+                    wrapper=bool(impl.wrapper or impl.hookwrapper),
+                )
+        return hook
 
     def add_path(self, spec: str) -> PluginInfo:
         """Load a plugin from a Python file (``my_plugin.py``) or an importable module name."""
@@ -212,29 +249,43 @@ class PluginHost:
         return self._registries[kind]
 
     def _build(self, kind: str) -> Registry[Any]:
+        """Call the registration hook of ``kind`` through pluggy and fill a fresh registry.
+
+        A plugin whose implementation raises is marked broken and its entries are dropped;
+        the other plugins' implementations still run. A wrapper that raises fails the whole
+        call: its plugin is marked broken and the call is repeated without it.
+
+        Raises:
+            DuplicateNameError: two plugins registered the same name.
+        """
         self.load()
         hook_name, noun = KINDS[kind]
-        registry: Registry[Any] = Registry(noun)
-        hook = getattr(self.pm.hook, hook_name)
-        # get_hookimpls() is in call order reversed: iterate in registration order.
-        for impl in hook.get_hookimpls():
-            info = self._plugins.get(impl.plugin_name)
-            if info is not None and not info.ok:
-                continue
-            register = partial(registry.add, plugin=impl.plugin_name)
-            try:
-                impl.function(**({"register": register} if "register" in impl.argnames else {}))
-            except DuplicateNameError:
-                raise
-            except Exception as exc:
-                registry.remove_plugin(impl.plugin_name)
-                if info is not None:
+        hook = self._guard(getattr(self.pm.hook, hook_name))
+        while True:
+            registry: Registry[Any] = Registry(noun)
+            with _collecting(propagate=(DuplicateNameError,)) as sink:
+                try:
+                    hook(register=_register_into(registry))
+                    culprit = None
+                except DuplicateNameError:
+                    raise
+                except Exception as exc:
+                    culprit = sink.raised_by(exc)
+                    info = self._plugins.get(culprit) if culprit is not None else None
+                    if info is None or not info.ok:
+                        raise  # not a plugin's wrapper: nothing to isolate
                     _record_failure(info, exc, during=hook_name)
-                continue
-            if info is not None:
-                names = registry.by_plugin(impl.plugin_name)
-                if names:
-                    info.registers[kind] = names
+                finally:
+                    for name, exc in sink.failures:
+                        registry.remove_plugin(name)
+                        if name in self._plugins:
+                            _record_failure(self._plugins[name], exc, during=hook_name)
+            if culprit is None:
+                break
+        for name, info in self._plugins.items():
+            names = registry.by_plugin(name)
+            if info.ok and names:
+                info.registers[kind] = names
         broken = self.broken()
         if broken:
             registry.hint = "plugins that failed to load: " + "; ".join(
@@ -249,30 +300,37 @@ class PluginHost:
 
     @property
     def models(self) -> Registry[Any]:
+        """The models registry (``registry("models")``)."""
         return self.registry("models")
 
     @property
     def heads(self) -> Registry[Any]:
+        """The heads registry (``registry("heads")``)."""
         return self.registry("heads")
 
     @property
     def datasets(self) -> Registry[Any]:
+        """The datasets registry (``registry("datasets")``)."""
         return self.registry("datasets")
 
     @property
     def attacks(self) -> Registry[Any]:
+        """The attacks registry (``registry("attacks")``)."""
         return self.registry("attacks")
 
     @property
     def metrics(self) -> Registry[Any]:
+        """The metrics registry (``registry("metrics")``)."""
         return self.registry("metrics")
 
     @property
     def reporters(self) -> Registry[Any]:
+        """The reporters registry (``registry("reporters")``)."""
         return self.registry("reporters")
 
     @property
     def training_methods(self) -> Registry[Any]:
+        """The training methods registry (``registry("training_methods")``)."""
         return self.registry("training_methods")
 
     # ------------------------------------------------------------------ queries
@@ -307,16 +365,37 @@ class PluginHost:
         }
 
     def call(self, hook_name: str, **kwargs: Any) -> list[str]:
-        """Call a lifecycle hook on every plugin; return error lines instead of raising."""
-        errors = []
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+        """Call a hook through pluggy; return error lines instead of raising.
+
+        Each implementation gets the keyword arguments it declares. A plugin whose
+        implementation raises gets an error line and the others still run; plugins marked
+        broken are skipped. A wrapper that raises fails the call (implementations it had not
+        reached yet do not run), reported as its plugin's error.
+
+        Args:
+            hook_name: the hook, e.g. ``"featrob_run_end"``.
+            **kwargs: the hook's arguments.
+
+        Returns:
+            ``"plugin 'NAME' failed in HOOK: Error: message"`` lines, in call order.
+        """
+        self.load()
+        hook = self._guard(getattr(self.pm.hook, hook_name))
+        with _collecting() as sink:
             try:
-                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+                hook(**kwargs)
+                raised = None
             except Exception as exc:
-                errors.append(
-                    f"plugin {impl.plugin_name!r} failed in {hook_name}: {_one_line(exc)}"
-                )
-        return errors
+                raised = exc
+        failures: list[tuple[str | None, BaseException]] = [*sink.failures]
+        if raised is not None:
+            failures.append((sink.raised_by(raised), raised))
+        return [
+            f"plugin {name!r} failed in {hook_name}: {_one_line(exc)}"
+            if name is not None
+            else f"{hook_name} failed: {_one_line(exc)}"
+            for name, exc in failures
+        ]
 
 
 _default_host: PluginHost | None = None
@@ -360,6 +439,157 @@ def _import_file(path: Path, name: str) -> ModuleType:
 def _one_line(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------- hook guards
+#: Attribute that marks a guarded hook implementation (its value: the plugin name).
+_GUARD_MARK = "_featrob_plugin"
+
+#: Name of the plugin whose hook implementation is running (read by ``register``).
+_CURRENT_PLUGIN: ContextVar[str | None] = ContextVar("featrob_current_plugin", default=None)
+
+
+@dataclass
+class _Sink:
+    """Failures collected while the host calls a hook.
+
+    Attributes:
+        propagate: exception types that are raised rather than collected.
+        failures: ``(plugin, exception)`` of implementations that raised (and returned None).
+        raised: ``(plugin, exception)`` of wrappers whose exception failed the call.
+    """
+
+    propagate: tuple[type[Exception], ...] = ()
+    failures: list[tuple[str, Exception]] = field(default_factory=list)
+    raised: list[tuple[str, BaseException]] = field(default_factory=list)
+
+    def raised_by(self, exc: BaseException) -> str | None:
+        """The plugin whose wrapper raised ``exc`` (None when no wrapper did)."""
+        return next((name for name, e in self.raised if e is exc), None)
+
+
+#: The sink of the host call in progress; None outside one (exceptions then raise).
+_SINK: ContextVar[_Sink | None] = ContextVar("featrob_hook_sink", default=None)
+
+
+@contextmanager
+def _collecting(propagate: tuple[type[Exception], ...] = ()) -> Iterator[_Sink]:
+    """Collect implementations' exceptions instead of raising them (within the block)."""
+    sink = _Sink(propagate)
+    token = _SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _SINK.reset(token)
+
+
+def _register_into(registry: Registry[Any]) -> Callable[..., Any]:
+    """The ``register`` callable of a registration hook: adds to ``registry`` on behalf of
+    the plugin whose implementation is running."""
+
+    def register(obj: Any, name: str | None = None, **options: Any) -> Any:
+        plugin = _CURRENT_PLUGIN.get()
+        if plugin is None:
+            raise RuntimeError(
+                f"register() of the {registry.kind} registry was called outside a plugin's "
+                "registration hook"
+            )
+        return registry.add(obj, name, plugin=plugin, **options)
+
+    return register
+
+
+def _guarded(
+    function: Callable[..., Any],
+    plugin: str,
+    plugins: dict[str, PluginInfo],
+    *,
+    wrapper: bool,
+) -> Callable[..., Any]:
+    """``function`` (a hook implementation of ``plugin``) behind the host's guard.
+
+    The guard skips the implementation while the plugin is marked broken in ``plugins`` and
+    sets :data:`_CURRENT_PLUGIN` while it runs. A plain implementation's exception is
+    collected in the active :class:`_Sink` (the guard then returns None, which pluggy ignores)
+    unless no sink is active or the sink propagates that type. A wrapper's exception always
+    propagates; the sink notes which plugin raised it.
+    """
+    if wrapper:
+
+        @functools.wraps(function)
+        def guarded_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            if _is_broken(plugins, plugin):
+                return (yield)  # pass the result (or exception) through untouched
+            return (yield from _bound_generator(function, plugin, args, kwargs))
+
+        setattr(guarded_wrapper, _GUARD_MARK, plugin)
+        return guarded_wrapper
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if _is_broken(plugins, plugin):
+            return None
+        token = _CURRENT_PLUGIN.set(plugin)
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            sink = _SINK.get()
+            if sink is None or isinstance(exc, sink.propagate):
+                raise
+            sink.failures.append((plugin, exc))
+            return None
+        finally:
+            _CURRENT_PLUGIN.reset(token)
+
+    setattr(guarded, _GUARD_MARK, plugin)
+    return guarded
+
+
+def _bound_generator(
+    function: Callable[..., Generator[Any, Any, Any]],
+    plugin: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Generator[Any, Any, Any]:
+    """Run the wrapper ``function(*args, **kwargs)`` step by step with ``plugin`` current.
+
+    Values sent and exceptions thrown in are forwarded to the wrapper. An exception the
+    wrapper raises itself (not one thrown in and passed on) is noted in the active sink.
+    """
+    gen: Generator[Any, Any, Any] | None = None
+    send: Any = None
+    throw: BaseException | None = None
+    while True:
+        token = _CURRENT_PLUGIN.set(plugin)
+        try:
+            if gen is None:
+                gen = function(*args, **kwargs)
+                step = next(gen)
+            elif throw is None:
+                step = gen.send(send)
+            else:
+                step = gen.throw(throw)
+        except StopIteration as stop:
+            return stop.value
+        except BaseException as exc:
+            sink = _SINK.get()
+            if sink is not None and exc is not throw:
+                sink.raised.append((plugin, exc))
+            raise
+        finally:
+            _CURRENT_PLUGIN.reset(token)
+        try:
+            send, throw = (yield step), None
+        except GeneratorExit:
+            gen.close()
+            raise
+        except BaseException as exc:
+            send, throw = None, exc
+
+
+def _is_broken(plugins: dict[str, PluginInfo], plugin: str) -> bool:
+    info = plugins.get(plugin)
+    return info is not None and not info.ok
 
 
 def _record_failure(info: PluginInfo, exc: BaseException, during: str = "") -> PluginInfo:

@@ -8,19 +8,18 @@ from typing import Any
 
 import torch
 
-from featrob.config import RunConfig, TrainConfig, featrob_home
+from featrob.config import RunConfig, TrainConfig
 from featrob.data import load_dataset
 from featrob.data.base import DatasetBundle
-from featrob.distributed import main_first
 from featrob.errors import ConfigError, ModelError
+from featrob.model_cache import cached_training, model_cache_path
 from featrob.models import build_model, load_weights, normalization, save_checkpoint, warm_start
 from featrob.models.base import FeatrobModel
 from featrob.models.checkpoints import read_card
 from featrob.models.normalization import Normalization
 from featrob.plugins import PluginHost
-from featrob.progress import Reporter
+from featrob.progress import ProgressBars
 from featrob.seeding import derive_seed
-from featrob.store import key_digest
 
 #: Samples per class used for the PGD accuracy on a model card when the test split is large.
 CARD_EVAL_PER_CLASS = 100
@@ -136,7 +135,7 @@ def cached_model_path(
     }
     if norm is not None and (norm.mean, norm.std) != (_tuple(data.mean), _tuple(data.std)):
         key["normalization"] = [norm.mean, norm.std]
-    return featrob_home() / "models" / f"{key_digest(key)}.pt"
+    return model_cache_path(key)
 
 
 def _tuple(values: Any) -> tuple[float, ...] | None:
@@ -153,7 +152,7 @@ def fit(
     norm: str,
     device: torch.device,
     seed: int,
-    progress: Reporter,
+    progress: ProgressBars,
 ) -> dict[str, Any]:
     """Train (from ``train_config.init`` when set), then measure clean and PGD-20 accuracy;
     return the model card."""
@@ -221,7 +220,7 @@ def prepare_model(
     data: DatasetBundle,
     host: PluginHost,
     device: torch.device,
-    progress: Reporter,
+    progress: ProgressBars,
 ) -> tuple[FeatrobModel, dict[str, Any]]:
     """The run's model in eval mode on ``device``, and its card.
 
@@ -237,26 +236,30 @@ def prepare_model(
     if model.pretrained:  # the factory loaded trained weights (RobustBench, torchvision, ...)
         return _placed(model, config, device), {"pretrained": model.pretrained}
     path = cached_model_path(config, data, model.normalization)
-    with main_first():  # under torchrun rank 0 trains, the others load its cache
-        if path.exists():
-            progress.log(f"loading cached model {path}")
-            card = load_weights(model, path)
-        else:
-            progress.log(
-                f"training {config.model} on {data.spec} ({config.train.method}); cached as {path}"
-            )
-            card = fit(
-                model,
-                data,
-                config.train,
-                host,
-                eps=config.eps,
-                norm=config.norm,
-                device=device,
-                seed=config.seed,
-                progress=progress,
-            )
-            write_checkpoint(model, path, card)
+
+    def load(p: Path) -> dict[str, Any]:
+        progress.log(f"loading cached model {p}")
+        return load_weights(model, p)
+
+    def train() -> dict[str, Any]:
+        progress.log(
+            f"training {config.model} on {data.spec} ({config.train.method}); cached as {path}"
+        )
+        return fit(
+            model,
+            data,
+            config.train,
+            host,
+            eps=config.eps,
+            norm=config.norm,
+            device=device,
+            seed=config.seed,
+            progress=progress,
+        )
+
+    card, _ = cached_training(
+        path, load=load, train=train, save=lambda c, p: write_checkpoint(model, p, c)
+    )
     return _placed(model, config, device), card
 
 

@@ -14,10 +14,12 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+)
+from rich.progress import (
+    Progress as RichProgress,
 )
 
 T = TypeVar("T")
@@ -32,7 +34,7 @@ class _NullTask:
 
 
 class _Task:
-    def __init__(self, progress: Progress, task_id: int) -> None:
+    def __init__(self, progress: RichProgress, task_id: int) -> None:
         self._progress, self._id = progress, task_id
 
     def advance(self, n: float = 1) -> None:
@@ -44,7 +46,7 @@ class _Task:
         self._progress.update(self._id, description=description)
 
 
-class Reporter:
+class ProgressBars:
     """Creates progress bars, or nothing when quiet.
 
     Args:
@@ -69,7 +71,7 @@ class Reporter:
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         ]
-        with Progress(*columns, console=self.console, transient=False) as progress:
+        with RichProgress(*columns, console=self.console, transient=False) as progress:
             yield _Task(progress, progress.add_task(description, total=total))
 
     def track(self, iterable: Iterable[T], total: int | None, description: str) -> Iterator[T]:
@@ -83,3 +85,7 @@ class Reporter:
         """A status line on stderr (suppressed when quiet)."""
         if not self.quiet:
             print(message, file=sys.stderr)
+
+
+#: Former name of :class:`ProgressBars` (kept for plugins written against it).
+Reporter = ProgressBars

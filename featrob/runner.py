@@ -28,7 +28,7 @@ from featrob.errors import ConfigError, FeatrobError, PluginLoadError, UnknownNa
 from featrob.model_checks import loaded_model_warnings
 from featrob.plugins import PluginHost, get_plugin_host
 from featrob.prepare import load_data, prepare_model, resolve_device
-from featrob.progress import Reporter
+from featrob.progress import ProgressBars
 from featrob.registry import Entry
 from featrob.results import MetricResult, Results
 from featrob.store import FeatureStore
@@ -70,12 +70,10 @@ def select_metrics(config: RunConfig, host: PluginHost) -> tuple[list[Entry[Any]
 def check_before_work(config: RunConfig, host: PluginHost, metrics: list[Entry[Any]]) -> None:
     """Fail on unknown attacks, attack parameters and metric options before any training or
     data loading, so a typo costs a second, not a run."""
-    from featrob.attacks.protocol import expand_presets
-    from featrob.specs import parse_call
+    from featrob.attacks.factory import expand_presets, make_attack
 
     for spec in expand_presets(config.attacks):
-        name, params = parse_call(spec)
-        host.attacks.get(name)(eps=config.eps, norm=config.norm, seed=config.seed, **params)
+        make_attack(spec, eps=config.eps, norm=config.norm, seed=config.seed, registry=host.attacks)
     for entry in metrics:
         entry.obj(**config.metrics.get(entry.name, {}))
 
@@ -144,7 +142,7 @@ def run(
     config: RunConfig | dict[str, Any] | None = None,
     *,
     host: PluginHost | None = None,
-    progress: Reporter | None = None,
+    progress: ProgressBars | None = None,
 ) -> Results:
     """Run every selected metric and write the reports.
 
@@ -167,7 +165,7 @@ def run(
     device = resolve_device(config.device)
     with distributed.joined(device) as here:  # torchrun: work with the other ranks
         device = distributed.local_device(device)
-        progress = progress or Reporter(quiet=config.quiet or not here.main)
+        progress = progress or ProgressBars(quiet=config.quiet or not here.main)
         torch.manual_seed(config.seed)
 
         data = load_data(config, host)
@@ -252,7 +250,8 @@ def _fit_batch_to_budget(
     """
     import dataclasses
 
-    from featrob.memory import chunk_for, footprint, parse_size, tame_allocator
+    from featrob.memory import chunk_for, footprint, tame_allocator
+    from featrob.specs import parse_size
 
     budget = parse_size(config.max_memory)
     if budget is None:
@@ -269,7 +268,7 @@ def _fit_batch_to_budget(
     return dataclasses.replace(config, batch_size=batch), memory
 
 
-def _run_metric(entry: Entry[Any], ctx: RunContext, progress: Reporter) -> MetricResult:
+def _run_metric(entry: Entry[Any], ctx: RunContext, progress: ProgressBars) -> MetricResult:
     progress.log(f"metric {entry.name}")
     start = time.perf_counter()
     try:

@@ -2,7 +2,8 @@
 
 * ``NAME`` or ``NAME:ARG`` for models and data sets (``tv:resnet50``, ``npz:/data/x.npz``);
 * ``NAME(key=value, ...)`` for attacks (``pgd(steps=20, restarts=2)``);
-* ``8/255``-style fractions for eps.
+* ``8/255``-style fractions for eps;
+* threat-model names (``linf``, ``l2``) and memory sizes (``4GiB``).
 """
 
 from __future__ import annotations
@@ -85,3 +86,37 @@ def parse_fraction(text: str | float | int, what: str = "eps") -> float:
     if value < 0:
         raise ConfigError(f"{what} must be >= 0, got {text!r}")
     return value
+
+
+def parse_norm(norm: str) -> str:
+    """``"linf"``/``"Linf"``/``"inf"`` -> ``"linf"``; ``"l2"``/``"L2"``/``"2"`` -> ``"l2"``."""
+    key = str(norm).lower().strip()
+    aliases = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2", "l_2": "l2"}
+    if key not in aliases:
+        raise ConfigError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
+    return aliases[key]
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_size(text: str | int | float | None) -> int | None:
+    """``"4GiB"``, ``"512MB"``, ``"2g"``, ``1e9`` -> bytes (binary units); None stays None.
+
+    Raises:
+        ConfigError: not a size, or not positive.
+    """
+    if text is None:
+        return None
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.I)
+        if match is None:
+            raise ConfigError(
+                f"max_memory: {text!r} is not a size; use e.g. 4GiB, 512MiB or a byte count"
+            )
+        value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not value > 0:
+        raise ConfigError(f"max_memory must be positive, got {text!r}")
+    return int(value)

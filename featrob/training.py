@@ -27,7 +27,7 @@ from featrob.data.base import DatasetBundle, DataSplit
 from featrob.errors import ConfigError
 from featrob.models.base import FeatrobModel
 from featrob.options import merge_options
-from featrob.progress import Reporter
+from featrob.progress import ProgressBars
 from featrob.registry import Registry
 from featrob.seeding import derive_seed, sample_seeds
 from featrob.transfer import to_device
@@ -92,7 +92,7 @@ def train(
     norm: str,
     device: torch.device,
     seed: int = 0,
-    progress: Reporter | None = None,
+    progress: ProgressBars | None = None,
 ) -> TrainReport:
     """Train ``model`` in place on ``data.train`` with ``config.method``.
 
@@ -111,7 +111,7 @@ def train(
         seed: shuffling and initialisation seed.
         progress: progress bars.
     """
-    progress = progress or Reporter(quiet=True)
+    progress = progress or ProgressBars(quiet=True)
     split = data.split("train")
     if config.n_per_class:
         split = split.balanced_subset(config.n_per_class, seed)
@@ -270,12 +270,12 @@ def accuracy(
     batch_size: int = 256,
     attack: Any = None,
     seed: int = 0,
-    progress: Reporter | None = None,
+    progress: ProgressBars | None = None,
 ) -> float:
     """Accuracy on ``split``, clean or under ``attack`` (per-sample seeds from ``seed``)."""
     model.eval()
     correct = 0
-    progress = progress or Reporter(quiet=True)
+    progress = progress or ProgressBars(quiet=True)
     what = f"evaluate {attack.label()}" if attack is not None else "evaluate"
     starts = range(0, len(split), batch_size)
     for start in progress.track(starts, len(starts), what):

@@ -16,7 +16,7 @@ from featrob_hpm.heads import (
 
 from featrob.attacks.surrogate import BPDA
 from featrob.errors import ConfigError
-from featrob.models.heads import L2Head, default_momentum, l2, neg_l2_logits
+from featrob.models.heads import L2Head, default_prototype_momentum, l2, neg_l2_logits
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -45,8 +45,8 @@ def test_batch_prototypes_are_the_class_means_of_the_hard_assignment():
 
 def test_ema_update_initialises_then_averages_only_present_classes():
     head = HPMHead(3, 4)
-    assert head.global_prototypes.momentum == default_momentum(4) == 0.98
-    assert default_momentum(100) == 0.995
+    assert head.global_prototypes.momentum == default_prototype_momentum(4) == 0.98
+    assert default_prototype_momentum(100) == 0.995
     z1 = torch.tensor([[1.0, 0, 0], [3.0, 0, 0], [0, 2.0, 0]])
     head.observe(z1, torch.tensor([0, 0, 1]))
     value = head.global_prototypes.value

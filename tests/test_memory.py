@@ -15,10 +15,10 @@ from featrob.memory import (
     chunk_for,
     footprint,
     loop_footprint,
-    parse_size,
     peak_bytes,
     saved_footprint,
 )
+from featrob.specs import parse_size
 
 
 @pytest.mark.parametrize(

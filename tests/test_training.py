@@ -112,8 +112,8 @@ def test_random_crop_flip_keeps_content():
 def test_adversarial_training_crafts_examples_through_bpda_substitutes():
     """An eval-mode quantiser passes no gradient; the training attacks must differentiate
     through its substitute (as they do through an HPM head's straight-through estimator)."""
+    from featrob.adversaries import crafting, kl_adversary
     from featrob.attacks.surrogate import InputQuantization
-    from featrob.builtins.training_methods import crafting, kl_adversary
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(

@@ -37,7 +37,7 @@ _LAZY = {
     "evaluate": "featrob.attacks.protocol",
     "Evaluation": "featrob.attacks.protocol",
     "Plan": "featrob.attacks.protocol",
-    "PRESETS": "featrob.attacks.protocol",
+    "PRESETS": "featrob.attacks.factory",
     "Ensemble": "featrob.attacks.surrogate",
     "BPDA": "featrob.attacks.surrogate",
     "InputQuantization": "featrob.attacks.surrogate",

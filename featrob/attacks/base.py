@@ -21,6 +21,7 @@ from torch import Tensor
 
 from featrob.errors import ConfigError, check_finite_nonnegative
 from featrob.options import merge_options
+from featrob.specs import parse_norm
 
 #: ``x -> outputs`` (logits, features, ...); must be differentiable for gradient attacks.
 Forward = Callable[[Tensor], Tensor]
@@ -47,15 +48,6 @@ def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
 def misclassified(logits: Tensor, y: Tensor) -> Tensor:
     """True where the arg-max class differs from the label."""
     return logits.argmax(1) != y
-
-
-def parse_norm(norm: str) -> str:
-    """``"linf"``/``"Linf"``/``"inf"`` -> ``"linf"``; ``"l2"``/``"L2"``/``"2"`` -> ``"l2"``."""
-    key = str(norm).lower().strip()
-    aliases = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2", "l_2": "l2"}
-    if key not in aliases:
-        raise ConfigError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
-    return aliases[key]
 
 
 class Attack(ABC):

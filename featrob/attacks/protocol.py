@@ -31,28 +31,17 @@ from featrob.attacks.checks import (
     gradient_warnings,
     square_gap_warning,
 )
+from featrob.attacks.factory import expand_presets, make_attack
 from featrob.attacks.surrogate import BPDA
-from featrob.distributed import map_batches
 from featrob.errors import ConfigError
-from featrob.progress import Reporter
+from featrob.progress import ProgressBars
+from featrob.rows import RowCache
 from featrob.seeding import sample_seeds
-from featrob.specs import parse_call
 from featrob.transfer import to_device
 
 Forward = Callable[[Tensor], Tensor]
 
-#: AutoAttack's standard version (Croce & Hein 2020): the same four attacks for Linf and L2.
-PRESETS: dict[str, list[str]] = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"]}
-
 CLEAN, ROBUST = -2, -1  # broken_by codes besides attack indices
-
-
-def expand_presets(specs: Sequence[str]) -> list[str]:
-    """Replace preset names (``standard``) by their attacks."""
-    out: list[str] = []
-    for spec in specs:
-        out += PRESETS.get(spec.strip(), [spec])
-    return out
 
 
 @dataclass
@@ -169,10 +158,6 @@ def resolve_plans(
     registry: Any = None,
 ) -> list[Plan]:
     """Turn attack specs, instances and plans into plans sharing one threat model."""
-    if registry is None and any(isinstance(a, str) for a in attacks):
-        from featrob.plugins import get_plugin_host
-
-        registry = get_plugin_host().attacks
     plans: list[Plan] = []
     for item in attacks:
         if isinstance(item, Plan):
@@ -181,12 +166,12 @@ def resolve_plans(
             plans.append(Plan(item))
         else:
             for spec in expand_presets([item]):
-                name, params = parse_call(spec)
                 if eps is None:
                     raise ConfigError("eps is needed to build attacks from names")
-                plans.append(
-                    Plan(registry.get(name)(eps=eps, norm=norm or "linf", seed=seed, **params))
+                attack = make_attack(
+                    spec, eps=eps, norm=norm or "linf", seed=seed, registry=registry
                 )
+                plans.append(Plan(attack))
     if not plans:
         raise ConfigError("no attack to evaluate")
     threat = {(p.attack.eps, p.attack.norm) for p in plans}
@@ -195,18 +180,6 @@ def resolve_plans(
             f"all attacks of one evaluation need the same eps and norm, got {sorted(threat)}"
         )
     return plans
-
-
-class _Records:
-    """Per-attack per-sample records in the store (or nowhere)."""
-
-    def __init__(self, store: Any, base_key: dict[str, Any] | None) -> None:
-        self.store, self.base_key = store, base_key
-
-    def entry(self, plan: Plan) -> Any:
-        if self.store is None or self.base_key is None:
-            return None
-        return self.store.entry({**self.base_key, "kind": "attack-record", **plan.key()})
 
 
 def evaluate(
@@ -223,8 +196,9 @@ def evaluate(
     batch_size: int = 256,
     store: Any = None,
     store_key: dict[str, Any] | None = None,
-    progress: Reporter | None = None,
+    progress: ProgressBars | None = None,
     check: bool = True,
+    rows: RowCache | None = None,
 ) -> Evaluation:
     """Run ``attacks`` in order on the still-robust samples and keep the per-sample worst case.
 
@@ -239,17 +213,24 @@ def evaluate(
         indices: sample identities (default ``0..N-1``); store rows are keyed by them.
         registry: attack registry for names (default: every installed plugin's attacks).
         batch_size: samples per attack call and per store chunk.
-        store, store_key: a :class:`featrob.store.FeatureStore` and the key of the model and
-            data (model fingerprint, data identity); without them nothing is stored.
+        store, store_key: a :class:`featrob.store.FeatureStore` and the full key of the model
+            and data (model fingerprint, data identity, mixed precision); without them (or
+            ``rows``) nothing is stored.
         progress: progress bars.
         check: run the masking checks (probabilities, randomness, zero/NaN gradients, Square gap).
+        rows: the run's row cache (:meth:`featrob.RunContext.evaluate` passes it); its key
+            records the run's ``--amp``, so ``model`` must run under it.
 
     Returns:
         The :class:`Evaluation`.
     """
     plans = resolve_plans(attacks, eps=eps, norm=norm, seed=seed, registry=registry)
     eps_, norm_ = plans[0].attack.eps, plans[0].attack.norm
-    progress = progress or Reporter(quiet=True)
+    progress = progress or ProgressBars(quiet=True)
+    precision = rows is not None
+    if rows is None:  # the caller's store and full key, or memory for this call only
+        keyed = store is not None and store_key is not None
+        rows = RowCache(store if keyed else None, store_key or {}, progress=progress)
     device = _device_of(model, x)
     n = len(x)
     idx = torch.arange(n) if indices is None else torch.as_tensor(indices, dtype=torch.int64).cpu()
@@ -269,7 +250,6 @@ def evaluate(
             plans, model, x_cpu, y_cpu, clean_correct, device, batch_size, flags
         )
 
-    records = _Records(store, store_key)
     steps: list[StepSummary] = []
     for k, plan in enumerate(plans):
         if n < 1 or plan.attack.min_classes > logits.shape[1]:
@@ -280,10 +260,8 @@ def evaluate(
             continue
         start = time.perf_counter()
         todo = torch.nonzero(robust).squeeze(1)
-        entry = records.entry(plan)
-        result, reused = _attack_step(
-            plan, model, x_cpu, y_cpu, idx, todo, entry, device, batch_size, progress
-        )
+        key = rows.key("attack-record", plan.key(), precision=precision)
+        result, reused = _attack_step(plan, model, x_cpu, y_cpu, idx, todo, rows, key, batch_size)
         broke, marg, norms_k, x_k, invalid = result
         if invalid:
             warnings.append(
@@ -335,37 +313,17 @@ def _attack_step(
     y: Tensor,
     idx: Tensor,
     todo: Tensor,
-    entry: Any,
-    device: torch.device,
+    rows: RowCache,
+    key: dict[str, Any],
     batch_size: int,
-    progress: Reporter,
 ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor, int], int]:
     """Attack the samples ``todo`` (reading finished rows from the store)."""
-    m = len(todo)
-    broke = torch.zeros(m, dtype=torch.bool)
-    marg = torch.full((m,), float("inf"))
-    norms = torch.zeros(m)
-    x_out = x[todo].clone()
-    invalid = 0
-    reused = 0
-    if entry is not None and m:
-        have = ~torch.from_numpy(np.isin(idx[todo].numpy(), entry.missing(idx[todo].numpy())))
-        if have.any():
-            rows = entry.read(idx[todo][have].numpy())
-            pos = torch.nonzero(have).squeeze(1)
-            broke[pos] = torch.from_numpy(rows["broken"])
-            marg[pos] = torch.from_numpy(rows["margin"])
-            norms[pos] = torch.from_numpy(rows["norm"])
-            x_out[pos] = torch.from_numpy(rows["x_adv"])
-            reused = int(have.sum())
-        left = torch.nonzero(~have).squeeze(1)
-    else:
-        left = torch.arange(m)
     forward = plan.forward(model)
     attack = plan.attack
+    device = _device_of(model, x)
 
-    def attack_batch(local: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
-        rows_idx = todo[local]
+    def attack_batch(local: np.ndarray) -> dict[str, np.ndarray]:
+        rows_idx = todo[torch.from_numpy(local)]
         xb = to_device(x[rows_idx], device)
         yb = to_device(y[rows_idx], device)
         seeds = sample_seeds(attack.seed, idx[rows_idx]).to(device)
@@ -380,30 +338,35 @@ def _attack_step(
         x_adv = torch.where(ok.view(-1, *([1] * (xb.dim() - 1))), x_adv, xb)
         with torch.no_grad():
             out = model(x_adv)
-        b_broke = (out.argmax(1) != yb).cpu()
-        b_marg = _margin(out.float(), yb).cpu()
-        b_norm = flat_norm(x_adv - xb, attack.norm).float().cpu()
-        b_adv = x_adv.float().cpu()
-        if entry is not None:
-            entry.write(
-                idx[rows_idx].numpy(),
-                broken=b_broke.numpy(),
-                margin=b_marg.numpy(),
-                norm=b_norm.numpy(),
-                x_adv=b_adv.numpy(),
-                seed=seeds.cpu().numpy(),
-            )
-        bar.advance(len(local))
-        return b_broke, b_marg, b_norm, b_adv, int((~ok).sum())
+        return {
+            "broken": (out.argmax(1) != yb).cpu().numpy(),
+            "margin": _margin(out.float(), yb).cpu().numpy(),
+            "norm": flat_norm(x_adv - xb, attack.norm).float().cpu().numpy(),
+            "x_adv": x_adv.float().cpu().numpy(),
+            "seed": seeds.cpu().numpy(),
+            "invalid": (~ok).cpu().numpy(),
+        }
 
     # Batches of the still-unattacked samples, shared among the ranks of a distributed run.
-    batches = [left[start : start + batch_size] for start in range(0, len(left), batch_size)]
-    with progress.bar(len(left), f"attack {plan.label}") as bar:
-        done = map_batches(batches, attack_batch)
-    for local, (b_broke, b_marg, b_norm, b_adv, b_invalid) in zip(batches, done, strict=True):
-        broke[local], marg[local], norms[local], x_out[local] = b_broke, b_marg, b_norm, b_adv
-        invalid += b_invalid
-    return (broke, marg, norms, x_out, invalid), reused
+    found = rows.rows(
+        key,
+        idx[todo].numpy(),
+        attack_batch,
+        batch_size=batch_size,
+        label=f"attack {plan.label}",
+        fields=("broken", "margin", "norm", "x_adv"),
+        stored=("broken", "margin", "norm", "x_adv", "seed"),
+    )
+    m = len(todo)
+    if not m:
+        empty = torch.empty(0)
+        return (empty.bool(), empty, empty, x[todo].clone(), 0), 0
+    broke = torch.from_numpy(found["broken"]).bool()
+    marg = torch.from_numpy(found["margin"]).float()
+    norms = torch.from_numpy(found["norm"]).float()
+    x_out = torch.from_numpy(found["x_adv"]).float()
+    invalid = int(found.values["invalid"].sum()) if "invalid" in found.values else 0
+    return (broke, marg, norms, x_out, invalid), found.from_store
 
 
 def _margin(logits: Tensor, y: Tensor) -> Tensor:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from featrob.adversaries import crafting, kl_adversary
 from featrob.models.base import FeatrobModel
 from featrob.training import TrainingMethod
 
@@ -29,20 +28,6 @@ def _pgd(method: TrainingMethod, steps: int):
     from featrob.attacks.pgd import PGD
 
     return PGD(eps=method.eps, norm=method.norm, steps=steps, random_start=True)
-
-
-@contextlib.contextmanager
-def crafting(model: FeatrobModel) -> Iterator[None]:
-    """How adversarial training crafts its examples: the model in eval mode (the attack's
-    iterates must not move batch-norm statistics) and every module with a BPDA substitute
-    differentiated through it. An HPM head's hard assignment passes no gradient in eval
-    mode; through its substitute the attack sees the straight-through gradient the head
-    trains with. Callers switch back to train mode for the update."""
-    from featrob.attacks.surrogate import bpda_hooks
-
-    model.eval()
-    with bpda_hooks(model):
-        yield
 
 
 class PGDTraining(TrainingMethod):
@@ -83,25 +68,3 @@ class TradesTraining(TrainingMethod):
         logits_adv = model(x_adv)
         robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits, 1), reduction="batchmean")
         return F.cross_entropy(logits, y) + self.config.trades_beta * robust
-
-
-def kl_adversary(model: FeatrobModel, x: Tensor, eps: float, norm: str, steps: int) -> Tensor:
-    """TRADES' inner maximisation: ``x'`` maximising ``KL(f(x) || f(x'))`` by ``steps``
-    steepest-ascent steps of ``2.5 eps / steps`` from ``x + 0.001 N(0, I)``, in the eps ball
-    and the [0, 1] box, crafted as :func:`crafting` says. The model is left in eval mode
-    (callers switch back to train)."""
-    from featrob.attacks.base import project, steepest_direction
-
-    with crafting(model):
-        with torch.no_grad():
-            p_clean = F.softmax(model(x), dim=1)
-        delta = 0.001 * torch.randn_like(x)
-        step = 2.5 * eps / max(steps, 1)
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            with torch.enable_grad():
-                kl = F.kl_div(F.log_softmax(model(x + delta), 1), p_clean, reduction="sum")
-                (grad,) = torch.autograd.grad(kl, delta)
-            delta = project(delta.detach() + step * steepest_direction(grad, norm), eps, norm)
-            delta = (x + delta).clamp(0, 1) - x
-    return (x + delta).detach()

@@ -17,14 +17,14 @@ from featrob.errors import ConfigError, ModelError
 from featrob.models._parts import as_bool, choice
 
 
-def check_sizes(name: str, in_features: int, num_classes: int) -> None:
+def check_head_sizes(name: str, in_features: int, num_classes: int) -> None:
     """A head factory's sizes are positive integers (else one ConfigError line)."""
     for what, value in (("in_features", in_features), ("num_classes", num_classes)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"head {name!r} needs {what} >= 1, got {value!r}")
 
 
-def check_options(name: str, options: dict[str, Any], valid: tuple[str, ...]) -> None:
+def check_head_options(name: str, options: dict[str, Any], valid: tuple[str, ...]) -> None:
     """A head factory got only options it knows (else one ConfigError line naming them)."""
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -40,8 +40,8 @@ def fc(in_features: int, num_classes: int, **options: Any) -> nn.Module:
     Options:
         bias: learn a bias per class (default True).
     """
-    check_sizes("fc", in_features, num_classes)
-    check_options("fc", options, ("bias",))
+    check_head_sizes("fc", in_features, num_classes)
+    check_head_options("fc", options, ("bias",))
     bias = as_bool("fc", "bias", options.get("bias", True), kind="head")
     return nn.Linear(in_features, num_classes, bias=bias)
 
@@ -57,7 +57,7 @@ def neg_l2_logits(z: Tensor, prototypes: Tensor) -> Tensor:
     return -(sq.clamp(min=0) + 1e-12).sqrt()
 
 
-def default_momentum(num_classes: int) -> float:
+def default_prototype_momentum(num_classes: int) -> float:
     """EMA momentum of class prototypes: 0.98 for at most 10 classes, 0.995 for more (the
     values of Wang et al.'s HPM supplement, paper 002)."""
     return 0.98 if num_classes <= 10 else 0.995
@@ -111,7 +111,7 @@ class L2Head(nn.Module):
         init: learned prototypes start ``"normal"`` (standard normal) or ``"zeros"`` (to be
             set by :meth:`init_from_means`).
         prototypes: ``"learned"`` or ``"ema"``.
-        momentum: EMA momentum (default :func:`default_momentum`).
+        momentum: EMA momentum (default :func:`default_prototype_momentum`).
     """
 
     def __init__(
@@ -130,7 +130,7 @@ class L2Head(nn.Module):
             self.ema = EMAPrototypes(
                 num_classes,
                 in_features,
-                default_momentum(num_classes) if momentum is None else momentum,
+                default_prototype_momentum(num_classes) if momentum is None else momentum,
             )
         else:
             shape = (num_classes, in_features)
@@ -206,8 +206,8 @@ def l2(in_features: int, num_classes: int, **options: Any) -> nn.Module:
         init: learned prototypes start ``"normal"`` (default) or ``"zeros"``.
         momentum: EMA momentum (default 0.98 for <= 10 classes, else 0.995).
     """
-    check_sizes("l2", in_features, num_classes)
-    check_options("l2", options, ("init", "prototypes", "momentum"))
+    check_head_sizes("l2", in_features, num_classes)
+    check_head_options("l2", options, ("init", "prototypes", "momentum"))
     init = choice("l2", "init", options.get("init", "normal"), ["normal", "zeros"], kind="head")
     mode = choice(
         "l2", "prototypes", options.get("prototypes", "learned"), ["learned", "ema"], kind="head"

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from featrob.results import Figure
+from featrob import Figure
 from featrob_collision.conflict import ConflictGraph, optimal_loss
 from featrob_collision.distances import LayerDistances
 

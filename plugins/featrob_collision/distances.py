@@ -18,14 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featrob.distributed import map_batches, world
-from featrob.seeding import derive_seed
+from featrob import derive_seed
 from featrob_collision.search import SearchConfig, collision_search
 
 if TYPE_CHECKING:
-    from featrob.models.base import FeatrobModel
-    from featrob.progress import Reporter
-    from featrob.store import StoreEntry
+    from featrob import FeatrobModel, RunContext
 
 FIELDS = ("distance", "objective", "residual", "iterations", "converged")
 
@@ -65,7 +62,7 @@ def projections(
 
 
 def layer_distances(
-    model: FeatrobModel,
+    ctx: RunContext,
     layer: str,
     xa: Tensor,
     xb: Tensor,
@@ -73,51 +70,35 @@ def layer_distances(
     *,
     m: int | None,
     count: int,
-    seed: int,
     config: SearchConfig,
     batch_searches: int,
-    device: torch.device,
-    entry: StoreEntry | None,
-    progress: Reporter,
+    params: dict[str, Any],
 ) -> LayerDistances:
     """Collision distances of all ``len(xa) x len(xb)`` pairs (row-major) at ``layer``.
 
     Args:
+        ctx: the run (model, device, seed, store).
         m: projection dimension, or None for no projection (``A = I``, one "projection").
         count: projections N (ignored without projection).
         pair_keys: ``[P]`` store keys of the pairs, row-major like the pairs.
         batch_searches: searches (pairs x projections) per batch.
-        entry: the store entry for this layer and settings, or None.
+        params: the store key's parameters besides the layer's (:func:`entry_params`).
     """
+    model, device = ctx.model, ctx.device
     f = extractor(model, layer)
     with torch.no_grad():
         dim = int(f(xa[:1].to(device)).shape[1])
     n_proj = 1 if m is None else count
-    p_total = len(xa) * len(xb)
-    values = {k: np.zeros((p_total, n_proj)) for k in FIELDS}
-    todo = np.arange(p_total)
-    if entry is not None:
-        absent = np.isin(pair_keys, entry.missing(pair_keys))
-        have = np.flatnonzero(~absent)
-        if len(have):
-            stored = entry.read(pair_keys[have])
-            for k in FIELDS:
-                values[k][have] = np.asarray(stored[k]).reshape(len(have), n_proj)
-        todo = np.flatnonzero(absent)
-    start = time.perf_counter()
-    if len(todo) and layer == "input" and m is None:
+    mats = None if m is None else projections(ctx.config.seed, layer, n_proj, m, dim, device)
+
+    def closed_form(chunk: np.ndarray) -> dict[str, np.ndarray]:
         # A = I on the input: the collision is the midpoint, d = ||x - x'|| / 2 exactly.
-        ia, ib = np.divmod(todo, len(xb))
+        ia, ib = np.divmod(chunk, len(xb))
         diff = (xa[ia] - xb[ib]).flatten(1).double().norm(dim=1).numpy() / 2
-        values["distance"][todo, 0] = diff
-        values["objective"][todo, 0] = 2 * diff**2
-        values["converged"][todo, 0] = 1
-        if entry is not None and world().main:  # every rank computes it; one writes it
-            entry.write(pair_keys[todo], **{k: values[k][todo] for k in FIELDS})
-        todo = todo[:0]
-    mats = None if m is None else projections(seed, layer, n_proj, m, dim, device)
-    per_batch = max(1, batch_searches // n_proj)
-    batches = [todo[i : i + per_batch] for i in range(0, len(todo), per_batch)]
+        rows = {k: np.zeros((len(chunk), 1)) for k in FIELDS}
+        rows["distance"][:, 0], rows["objective"][:, 0] = diff, 2 * diff**2
+        rows["converged"][:, 0] = 1
+        return rows
 
     def search(chunk: np.ndarray) -> dict[str, np.ndarray]:
         ia, ib = np.divmod(chunk, len(xb))
@@ -125,31 +106,36 @@ def layer_distances(
         xp = xb[ib].to(device).repeat(n_proj, *([1] * (xb.dim() - 1)))
         which = torch.arange(n_proj, device=device).repeat_interleave(len(chunk))
         res = collision_search(f, x, xp, mats, which if mats is not None else None, config)
-        rows = {
+        return {
             k: getattr(res, k).detach().double().cpu().numpy().reshape(n_proj, len(chunk)).T
             for k in FIELDS
         }
-        if entry is not None:
-            entry.write(pair_keys[chunk], **rows)
-        bar.advance(1)
-        return rows
 
-    # Pair blocks are shared among the ranks of a distributed run (featrob.distributed).
-    with progress.bar(len(batches), f"collision search {layer}") as bar:
-        done = map_batches(batches, search)
-    for chunk, rows in zip(batches, done, strict=True):
-        for k in FIELDS:
-            values[k][chunk] = rows[k]
-    return LayerDistances(layer, dim, values, len(todo), time.perf_counter() - start)
+    exact = layer == "input" and m is None
+    start = time.perf_counter()
+    rows = ctx.cached_rows(
+        "collision-distances",
+        entry_params(params, layer, m, count, config),
+        pair_keys,
+        closed_form if exact else search,
+        batch_size=None if exact else max(1, batch_searches // n_proj),
+        label=f"collision search {layer}",
+        precision=False,  # the search runs in float32 whatever --amp says
+    )
+    values = {
+        k: np.asarray(rows[k], dtype=np.float64).reshape(len(pair_keys), n_proj) for k in FIELDS
+    }
+    searched = 0 if exact else int(rows.computed.sum())
+    return LayerDistances(layer, dim, values, searched, time.perf_counter() - start)
 
 
-def entry_key(
-    base: dict[str, Any], layer: str, m: int | None, count: int, config: SearchConfig
+def entry_params(
+    params: dict[str, Any], layer: str, m: int | None, count: int, config: SearchConfig
 ) -> dict[str, Any]:
-    """Store key of one layer's distances (pairs are rows, so the pair set is not in it)."""
+    """Store-key parameters of one layer's distances (pairs are rows, so the pair set is not
+    in it): ``params`` (the split and seed) and the layer, projection and search settings."""
     return {
-        **base,
-        "kind": "collision-distances",
+        **params,
         "version": 1,
         "layer": layer,
         "projection": None if m is None else {"m": m, "count": count},

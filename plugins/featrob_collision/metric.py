@@ -18,16 +18,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from featrob.errors import ConfigError
-from featrob.metrics import Metric
-from featrob.options import bool_param, float_param, int_param
-from featrob.results import MetricResult
+from featrob import ConfigError, Metric, MetricResult, bool_param, float_param, int_param
 from featrob_collision.curves import curve_figures, default_eps_grid, layer_curves, layer_summary
-from featrob_collision.distances import entry_key, extractor, layer_distances
+from featrob_collision.distances import extractor, layer_distances
 from featrob_collision.search import SearchConfig, collision_search
 
 if TYPE_CHECKING:
-    from featrob.context import RunContext
+    from featrob import RunContext
 
 #: Searches (pairs x projections) per batch without a memory budget.
 BATCH_SEARCHES = 512
@@ -196,35 +193,22 @@ class LayerCollisions(Metric):
         eps_grid = o["eps"] or default_eps_grid(half, o["eps_points"])
         m = None if o["no_projection"] else o["m"]
         cfg = self.search_config()
-        base = {
-            "model": ctx.model_fingerprint,
-            **ctx.data_key,
-            "split": o["split"],
-            "seed": ctx.config.seed,
-        }
+        params = {"split": o["split"], "seed": ctx.config.seed}
 
         rows, summary, warnings, arrays = [], {}, [], {}
         layers = self.pick_layers(ctx)
         for layer in layers:
-            entry = (
-                None
-                if ctx.store is None
-                else ctx.store.entry(entry_key(base, layer, m, o["projections"], cfg))
-            )
             dist = layer_distances(
-                ctx.model,
+                ctx,
                 layer,
                 xa,
                 xb,
                 pair_keys,
                 m=m,
                 count=o["projections"],
-                seed=ctx.config.seed,
                 config=cfg,
                 batch_searches=o["batch_searches"] or self.searches_per_batch(ctx, layer, m),
-                device=ctx.device,
-                entry=entry,
-                progress=ctx.progress,
+                params=params,
             )
             curve = layer_curves(dist, len(xa), len(xb), eps_grid, o["solver"])
             for key in ("distance", "objective", "residual"):

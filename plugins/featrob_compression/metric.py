@@ -22,17 +22,20 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from featrob.attacks.base import MinimumNormAttack
-from featrob.errors import ConfigError
-from featrob.metrics import Metric
-from featrob.options import bool_param, int_param
-from featrob.results import MetricResult
-from featrob.specs import parse_call
+from featrob import (
+    ConfigError,
+    Metric,
+    MetricResult,
+    MinimumNormAttack,
+    bool_param,
+    int_param,
+    parse_call,
+)
 from featrob_compression.pairs import compute_pairs
 from featrob_compression.report import class_pair_rows, derived, figures, summarise
 
 if TYPE_CHECKING:
-    from featrob.context import RunContext
+    from featrob import RunContext
 
 PAIR_MODES = ("nearest", "each")
 
@@ -58,7 +61,7 @@ class FeatureCompression(Metric):
             class (K - 1 pairs per sample: fuller class-pair tables, K - 1 times the cost).
         path_points (16): K, points on the segment x -> x' for the path quantities.
         attack ("fab"): the minimum-norm attack measuring ``delta_min`` (a registered
-            :class:`~featrob.attacks.base.MinimumNormAttack` with an L2 version; parameters
+            :class:`~featrob.MinimumNormAttack` with an L2 version; parameters
             as in ``"fab(steps=200, restarts=3)"``).
         untargeted (True): also measure the untargeted ``delta_min`` of every sample.
         compare (None): a training method (``"pgd"``, ``"trades"``) or a checkpoint path:

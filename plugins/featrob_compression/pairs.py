@@ -16,14 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featrob.attacks.base import MinimumNormAttack
-from featrob.distributed import map_batches
+from featrob import MinimumNormAttack
 from featrob_compression.geometry import nearest_other_class
 from featrob_compression.quantities import PAIR_FIELDS, pair_quantities
 
 if TYPE_CHECKING:
-    from featrob.context import RunContext
-    from featrob.store import StoreEntry
+    from featrob import RunContext
 
 #: Per-pair arrays besides :data:`PAIR_FIELDS`: the minimal perturbations found.
 ATTACK_FIELDS = ("delta_target",)
@@ -50,27 +48,6 @@ class PairTable:
     correct: np.ndarray
     values: dict[str, np.ndarray]
     from_store: int = 0
-
-
-def _store_entry(
-    ctx: RunContext, mode: str, points: int, attack: MinimumNormAttack, untargeted: bool
-) -> StoreEntry | None:
-    """The store entry of this model, data, pairing and attack (None without a store). The
-    evaluated set is not part of the key: rows hold the partner, checked on reading."""
-    if ctx.store is None:
-        return None
-    return ctx.store.entry(
-        {
-            "model": ctx.model_fingerprint,
-            **ctx.data_key,
-            "kind": "compression-pairs",
-            "version": 3,
-            "pairs": mode,
-            "path_points": points,
-            "attack": attack.spec(),
-            "untargeted": bool(untargeted),
-        }
-    )
 
 
 def compute_pairs(
@@ -101,49 +78,42 @@ def compute_pairs(
     )
     partner = partner.cpu()
     partner_np = partner.numpy()
-    slots = partner_np.shape[1]
     partner_idx = np.where(partner_np >= 0, indices[partner_np.clip(min=0)], -1)
 
-    entry = _store_entry(ctx, mode, points, attack, untargeted)
-    names = (*PAIR_FIELDS, *ATTACK_FIELDS)
-    rows: dict[str, np.ndarray] = {n: np.full((len(indices), slots), np.nan) for n in names}
-    rows["delta_untargeted"] = np.full(len(indices), np.nan)
-    todo = np.ones(len(indices), dtype=bool)
-    if entry is not None:
-        have = np.isin(indices, entry.indices())
-        if have.any():
-            pos = np.flatnonzero(have)
-            stored = entry.read(indices[pos])
-            same = (stored["partner"] == partner_idx[pos]).all(1)
-            for name in (*names, "delta_untargeted"):
-                rows[name][pos[same]] = stored[name][same]
-            todo[pos[same]] = False
-    from_store = int((~todo).sum())
-
+    names = (*PAIR_FIELDS, *ATTACK_FIELDS, "delta_untargeted")
     seeds_all = ctx.sample_seeds()
-    todo_pos = np.flatnonzero(todo)
-    batch = ctx.config.batch_size
 
     def run_batch(pos: np.ndarray) -> dict[str, np.ndarray]:
         out = _batch(ctx, attack, x_all, labels, partner, pos, seeds_all, untargeted, points)
-        if entry is not None:
-            fields = {n: out.get(n, rows[n][pos]) for n in (*names, "delta_untargeted")}
-            entry.write(indices[pos], partner=partner_idx[pos], **fields)
-        bar.advance(len(pos))
-        return out
+        return {"partner": partner_idx[pos], **{n: out[n] for n in names}}
 
-    # Sample batches are shared among the ranks of a distributed run (featrob.distributed).
-    batches = [todo_pos[start : start + batch] for start in range(0, len(todo_pos), batch)]
-    with ctx.progress.bar(len(todo_pos), "compression pairs") as bar:
-        done = map_batches(batches, run_batch)
-    for pos, out in zip(batches, done, strict=True):
-        for name, value in out.items():
-            rows[name][pos] = value
+    def same_partner(stored: dict[str, np.ndarray], pos: np.ndarray) -> np.ndarray:
+        return (stored["partner"] == partner_idx[pos]).all(1)
+
+    # The evaluated set is not part of the key: rows hold the partner, checked on reading.
+    found = ctx.cached_rows(
+        "compression-pairs",
+        {
+            "version": 3,
+            "pairs": mode,
+            "path_points": points,
+            "attack": attack.spec(),
+            "untargeted": bool(untargeted),
+        },
+        indices,
+        run_batch,
+        batch_size=ctx.config.batch_size,
+        label="compression pairs",
+        accept=same_partner,
+        precision=False,  # pair quantities and the attack run in float32
+    )
+    rows = found.values
+    from_store = found.from_store
 
     sample, slot = np.nonzero(partner_np >= 0)
     y = labels.numpy()[sample]
     y2 = labels.numpy()[partner_np[sample, slot]]
-    values = {name: rows[name][sample, slot] for name in names}
+    values = {name: rows[name][sample, slot] for name in (*PAIR_FIELDS, *ATTACK_FIELDS)}
     values["delta_untargeted"] = rows["delta_untargeted"][sample]
     correct = ctx.features("logits").correct.numpy()[sample]  # clean logits, from the store
     return PairTable(

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from featrob.results import Figure
+from featrob import Figure
 from featrob_compression.pairs import PairTable
 
 #: Quantities summarised by their distribution (quantiles, mean).

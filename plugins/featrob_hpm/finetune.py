@@ -16,16 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from featrob.config import TrainConfig, featrob_home
-from featrob.distributed import main_first
-from featrob.models.base import FeatrobModel
-from featrob.models.heads import L2Head
-from featrob.store import key_digest
-from featrob.training import train
+from featrob import FeatrobModel, L2Head, TrainConfig, train
 from featrob_hpm.heads import HPMHead
 
 if TYPE_CHECKING:
-    from featrob.context import RunContext
+    from featrob import RunContext
 
 LOSSES = {"ce": "standard", "ikl": "ikl"}
 
@@ -62,38 +57,30 @@ def hpm_model(
     adopted = head.adopt_fc(base.head)
     model = base.with_head(head.to(ctx.device), hpm=head.options())
     config = finetune_config(ctx.num_classes, loss, epochs)
-    key = {
-        "kind": "hpm-head",
+    params = {
         "version": 2,  # 2: IKL's examples are crafted through the STE (BPDA), not in eval mode
-        "base": ctx.model_fingerprint,
-        **ctx.data_key,
         "head": head.options(),
         "train": config.cache_key(),
         "eps": ctx.config.eps,
         "norm": ctx.config.norm,
         "seed": ctx.config.seed,
     }
-    path = featrob_home() / "models" / f"hpm-{key_digest(key)}.pt"
-    with main_first():  # under torchrun rank 0 trains the head, the others load it
-        cached = path.exists()
-        if cached:
-            head.load_state_dict(torch.load(path, map_location=ctx.device, weights_only=True))
-        else:
-            train(
-                model,
-                ctx.data,
-                config,
-                ctx.host.training_methods,
-                eps=ctx.config.eps,
-                norm=ctx.config.norm,
-                device=ctx.device,
-                seed=ctx.config.seed,
-                progress=ctx.progress,
-            )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(head.state_dict(), tmp)
-            tmp.replace(path)
+
+    def fit() -> None:
+        train(
+            model,
+            ctx.data,
+            config,
+            ctx.host.training_methods,
+            eps=ctx.config.eps,
+            norm=ctx.config.norm,
+            device=ctx.device,
+            seed=ctx.config.seed,
+            progress=ctx.progress,
+        )
+
+    # under torchrun rank 0 trains the head, the others load it
+    cached = ctx.cached_model("hpm-head", params, head, fit)
     info = {"fc_adopted": adopted, "cached": cached, "loss": loss, "epochs": config.epochs}
     return model.eval(), info
 

@@ -1,7 +1,7 @@
 """The Hybrid Prototype Mixing (HPM) head (Wang, paper 002, Sec. 3.6, eqs. 14-18).
 
 * ``C_global`` ``[K, D]``: EMA of the ground-truth class means of each training batch
-  (:class:`featrob.models.heads.EMAPrototypes`, momentum 0.98 for at most 10 classes, 0.995
+  (:class:`featrob.EMAPrototypes`, momentum 0.98 for at most 10 classes, 0.995
   for more, as the paper's supplement), fed by the training loop through :meth:`observe`;
 * ``C_batch`` ``[K, D]`` = ``P^T Z / (column sums of P + eps)`` (eq. 16) with the assignment
   ``P`` taken from the head's own FC logits: in training ``P_ste = P_soft +
@@ -13,7 +13,7 @@
 
 At evaluation the assignment is the hard arg-max, a :class:`HardAssignment` module whose
 gradient is zero (what a deployed model computes, and what a naive attack differentiates);
-its ``bpda_substitute()`` is the softmax, so ``featrob.attacks.surrogate.BPDA(model)``
+its ``bpda_substitute()`` is the softmax, so featrob's BPDA (``Plan(attack, bpda=True)``)
 differentiates the target exactly through its STE. ``assignment="soft"`` gives the
 soft-hybrid surrogate of the MSA protocol (``P_soft`` in the forward pass too).
 
@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from featrob.errors import ConfigError
-from featrob.models.heads import (
+from featrob import (
+    ConfigError,
     EMAPrototypes,
-    check_options,
-    check_sizes,
-    default_momentum,
+    check_head_options,
+    check_head_sizes,
+    default_prototype_momentum,
     neg_l2_logits,
 )
 
@@ -108,7 +108,9 @@ class HPMHead(nn.Module):
         self.num_classes = num_classes
         self.fc = nn.Linear(d, num_classes)
         self.global_prototypes = EMAPrototypes(
-            num_classes, d, default_momentum(num_classes) if momentum is None else momentum
+            num_classes,
+            d,
+            default_prototype_momentum(num_classes) if momentum is None else momentum,
         )
         self.use_global, self.mixer_kind, self.metric = use_global, mixer, metric
         self.assignment = assignment
@@ -206,8 +208,8 @@ class SoftHybrid(_HeadView):
 
 def hpm(in_features: int, num_classes: int, **options: Any) -> nn.Module:
     """Factory of the registered ``hpm`` head (options as :class:`HPMHead`)."""
-    check_sizes("hpm", in_features, num_classes)
-    check_options("hpm", options, ("momentum", "use_global", "mixer", "metric", "assignment"))
+    check_head_sizes("hpm", in_features, num_classes)
+    check_head_options("hpm", options, ("momentum", "use_global", "mixer", "metric", "assignment"))
     use_global = options.pop("use_global", True)
     if not isinstance(use_global, bool):
         raise ConfigError(f"head 'hpm' option use_global must be true or false, got {use_global!r}")

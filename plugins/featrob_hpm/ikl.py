@@ -32,9 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from featrob.builtins.training_methods import kl_adversary
-from featrob.models.base import FeatrobModel
-from featrob.training import TrainingMethod
+from featrob import FeatrobModel, TrainingMethod, kl_adversary
 
 
 def ikl_loss(

@@ -16,17 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from featrob.attacks.protocol import Plan, evaluate
-from featrob.errors import ConfigError
-from featrob.metrics import Metric
-from featrob.options import int_param
-from featrob.results import Figure, MetricResult
+from featrob import ConfigError, Figure, Metric, MetricResult, Plan, int_param
 from featrob_hpm.finetune import LOSSES, hpm_model, l2_means_model
 from featrob_hpm.msa import WorstCase, baseline_plans, msa_plans, naive_plans, worst_case
 
 if TYPE_CHECKING:
-    from featrob.context import RunContext
-    from featrob.models.base import FeatrobModel
+    from featrob import FeatrobModel, RunContext
 
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no-global": {"use_global": False},
@@ -104,20 +99,14 @@ class MixedSurrogateAttack(Metric):
         return make
 
     @staticmethod
-    def _evaluation(ctx: RunContext, model: FeatrobModel) -> dict[str, Any]:
-        """Keyword arguments every evaluation of ``model`` on the run's samples shares (seeds,
-        batch size, and the store key: model fingerprint, data, mixed precision)."""
-        return {
-            "seed": ctx.config.seed,
-            "indices": ctx.indices,
-            "batch_size": ctx.config.batch_size,
-            "store": ctx.store,
-            "store_key": {"model": model.fingerprint(), **ctx.data_key, "amp": ctx.config.amp},
-            "progress": ctx.progress,
-        }
+    def _run(ctx: RunContext, model: FeatrobModel, plans: list[Plan]) -> WorstCase:
+        # ctx.evaluate runs ``model`` under --amp exactly as its store key says, keyed by
+        # the model's own fingerprint (an HPM model shares the run model's backbone).
+        def run(plan: Plan):
+            threat = {"eps": plan.attack.eps, "norm": plan.attack.norm}
+            return ctx.evaluate([plan], model=model, **threat)
 
-    def _run(self, ctx: RunContext, model: FeatrobModel, plans: list[Plan]) -> WorstCase:
-        return worst_case(model, ctx.inputs(), ctx.labels, plans, **self._evaluation(ctx, model))
+        return worst_case(plans, run)
 
     def _protocol(
         self, ctx: RunContext, fc: FeatrobModel, hpm: FeatrobModel, eps: float, prefix: str
@@ -190,13 +179,8 @@ class MixedSurrogateAttack(Metric):
             eps = ctx.config.eps * scale
             row: dict[str, Any] = {"eps": eps}
             for name, model in (("fc", ctx.model), ("l2", l2)):
-                ev = evaluate(
-                    model,
-                    ctx.inputs(),
-                    ctx.labels,
-                    [ctx.make_attack("apgd-ce", eps=eps, steps=self.options["steps"])],
-                    **self._evaluation(ctx, model),
-                )
+                attack = ctx.make_attack("apgd-ce", eps=eps, steps=self.options["steps"])
+                ev = ctx.evaluate([attack], eps=eps, model=model)
                 row[f"{name}_clean"] = ev.clean_accuracy
                 row[f"{name}_apgd_ce"] = ev.robust_accuracy
             rows.append(row)

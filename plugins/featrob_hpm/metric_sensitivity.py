@@ -24,14 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from featrob.errors import ConfigError
-from featrob.metrics import Metric
-from featrob.results import Figure, MetricResult
+from featrob import ConfigError, Figure, Metric, MetricResult
 from featrob_hpm import sensitivity as sens
 from featrob_hpm.finetune import train_features
 
 if TYPE_CHECKING:
-    from featrob.context import RunContext
+    from featrob import RunContext
 
 #: Points of the CDF curves (a log grid of the ratio).
 CDF_GRID = np.logspace(-3, 1, 121)

@@ -20,14 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from featrob.attacks.base import Attack
-from featrob.attacks.protocol import Evaluation, Plan, evaluate
-from featrob.models.base import FeatrobModel
+from featrob import Attack, Evaluation, FeatrobModel, Plan
 from featrob_hpm.heads import FCOracle, HPMHead, SoftHybrid
 
 GRADIENT_ATTACKS = ("apgd-ce", "apgd-dlr")
@@ -73,17 +70,12 @@ class WorstCase:
         return [f"{k}: {w}" for k, e in self.evaluations.items() for w in e.warnings]
 
 
-def worst_case(
-    target: Callable[[Tensor], Tensor],
-    x: Tensor,
-    y: Tensor,
-    plans: Sequence[Plan],
-    **evaluate_options: Any,
-) -> WorstCase:
-    """Run each plan on every sample and take the per-sample worst case on ``target``."""
+def worst_case(plans: Sequence[Plan], evaluate: Callable[[Plan], Evaluation]) -> WorstCase:
+    """Run each plan on every sample (``evaluate([plan])`` on the target, e.g.
+    ``lambda plan: ctx.evaluate([plan], model=target)``) and take the per-sample worst case."""
     result: WorstCase | None = None
     for plan in plans:
-        ev = evaluate(target, x, y, [plan], **evaluate_options)
+        ev = evaluate(plan)
         if result is None:
             result = WorstCase(ev.clean_correct, ev.robust.clone())
         result.robust &= ev.robust

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from featrob.results import Figure
+from featrob import Figure
 
 #: At most this many points per class in the feature scatter (the figure is data, kept small).
 SCATTER_POINTS_PER_CLASS = 1000

@@ -13,11 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from featrob.errors import ConfigError
-from featrob.metrics import Metric
-from featrob.options import float_param, int_param
-from featrob.results import MetricResult
-from featrob.specs import parse_call
+from featrob import ConfigError, Metric, MetricResult, float_param, int_param, parse_call
 from featrob_scale.analysis import Settings, analyse
 from featrob_scale.layout import (
     class_figure,
@@ -28,7 +24,7 @@ from featrob_scale.layout import (
 from featrob_scale.sections import assign_sections, cosine, merge_sections, scales
 
 if TYPE_CHECKING:
-    from featrob.context import RunContext
+    from featrob import RunContext
 
 
 class ScaleSections(Metric):

@@ -27,10 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from featrob.data.base import DatasetBundle
-from featrob.errors import ConfigError
-from featrob.models.base import FeatrobModel
-from featrob.training import TrainingMethod
+from featrob import ConfigError, DatasetBundle, FeatrobModel, TrainingMethod
 
 
 class ScaleAwareTraining(TrainingMethod):

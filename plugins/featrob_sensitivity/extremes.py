@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from featrob.attacks.base import Attack
+from featrob import Attack
 
 Forward = Callable[[Tensor], Tensor]
 
@@ -41,7 +41,7 @@ def feature_extremes(
         forward: the extractor, ``[B, *shape] -> [B, D]`` (eval mode: samples independent).
         x: ``[B, *shape]`` inputs in [0, 1].
         features: ``[K]`` feature indices.
-        attack: a PGD-type :class:`~featrob.attacks.base.Attack` (its eps, norm, steps).
+        attack: a PGD-type :class:`~featrob.Attack` (its eps, norm, steps).
         seeds: ``[B]`` per-sample seeds of the random starts.
 
     Returns:

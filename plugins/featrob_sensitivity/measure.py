@@ -10,6 +10,7 @@ it has and computes only the rest.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featrob.attacks.base import Attack
-from featrob.distributed import map_batches
-from featrob.progress import Reporter
-from featrob.store import StoreEntry
+from featrob import Attack
 from featrob_sensitivity.extremes import Forward, feature_extremes
 
 FIELDS = ("clean", "high", "low")
@@ -74,8 +72,7 @@ def measure_extremes(
     *,
     dim: int,
     batch_inputs: int,
-    entry: StoreEntry | None,
-    progress: Reporter,
+    cached_rows: Callable[..., Any],
     label: str,
 ) -> FeatureExtremes:
     """Extremes of ``features`` for every sample of ``x`` (on ``x``'s device).
@@ -87,58 +84,40 @@ def measure_extremes(
         features: ``[K]`` feature indices in ``[0, dim)``.
         attack: the PGD attack at this eps.
         batch_inputs: most replicas in one forward/backward pass (the memory budget).
-        entry: store entry of this layer, eps and attack, or None.
+        cached_rows: ``cached_rows(row_keys, compute, batches=..., label=...)``, the run's
+            store-backed loop bound to this layer's and attack's key
+            (``functools.partial(ctx.cached_rows, "feature-extremes", params)``).
         label: progress-bar text.
     """
     start = time.perf_counter()
     n, k = len(x), len(features)
     keys = sample_index.astype(np.int64)[:, None] * dim + features.astype(np.int64)[None, :]
-    values = {name: np.zeros((n, k)) for name in FIELDS}
     sb, fb = block_sizes(n, k, batch_inputs)
-    cells = [(s, f) for f in range(0, k, fb) for s in range(0, n, sb)]
-    if entry is not None:
-        cells = [
-            (s, f) for s, f in cells if len(entry.missing(keys[s : s + sb, f : f + fb].ravel()))
-        ]
+    # Cells of the (sample, feature) grid, as positions into the flattened keys.
+    grid = np.arange(n * k).reshape(n, k)
+    cells = [grid[s : s + sb, f : f + fb].ravel() for f in range(0, k, fb) for s in range(0, n, sb)]
 
-    def run_cell(cell: tuple[int, int]) -> dict[str, np.ndarray]:
-        rows, cols = slice(cell[0], cell[0] + sb), slice(cell[1], cell[1] + fb)
+    def run_cell(positions: np.ndarray) -> dict[str, np.ndarray]:
+        rows = np.unique(positions // k)
+        cols = np.unique(positions % k)
         feats = torch.as_tensor(features[cols], dtype=torch.long)
-        out = feature_extremes(forward, x[rows], feats, attack, seeds[rows])
-        arrays = (arr.detach().double().cpu().numpy() for arr in out)
-        result = dict(zip(FIELDS, arrays, strict=True))
-        if entry is not None:
-            entry.write(keys[rows, cols].ravel(), **{k: v.ravel() for k, v in result.items()})
-        bar.advance(1)
-        return result
+        row_sel = torch.as_tensor(rows)
+        out = feature_extremes(forward, x[row_sel], feats, attack, seeds[row_sel])
+        return {
+            name: arr.detach().double().cpu().numpy().ravel()
+            for name, arr in zip(FIELDS, out, strict=True)
+        }
 
-    # Cells are shared among the ranks of a distributed run (featrob.distributed).
-    with progress.bar(len(cells), label) as bar:
-        done = map_batches(cells, run_cell)
-    computed = 0
-    for (s, f), result in zip(cells, done, strict=True):
-        for name in FIELDS:
-            values[name][s : s + sb, f : f + fb] = result[name]
-        computed += result["clean"].size
-    if entry is not None and computed < n * k:
-        stored = entry.read(keys.ravel(), FIELDS)
-        values = {name: np.asarray(stored[name]).reshape(n, k) for name in FIELDS}
+    found = cached_rows(keys.ravel(), run_cell, batches=cells, label=label)
     return FeatureExtremes(
         eps=attack.eps,
         features=np.asarray(features),
-        computed_cells=computed,
+        computed_cells=int(found.computed.sum()),
         seconds=time.perf_counter() - start,
-        **values,
+        **{name: np.asarray(found[name], dtype=np.float64).reshape(n, k) for name in FIELDS},
     )
 
 
-def entry_key(base: dict[str, Any], layer: str, attack: Attack, amp: str | None) -> dict[str, Any]:
-    """Store key of one layer's extremes at one attack (eps included in its spec)."""
-    return {
-        **base,
-        "kind": "feature-extremes",
-        "version": 1,
-        "layer": layer,
-        "attack": attack.spec(),
-        "amp": amp,
-    }
+def entry_params(layer: str, attack: Attack) -> dict[str, Any]:
+    """Store-key parameters of one layer's extremes at one attack (eps in its spec)."""
+    return {"version": 1, "layer": layer, "attack": attack.spec()}

@@ -16,23 +16,20 @@ normal model's) rather than by making the live ones robust.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from featrob.errors import ConfigError
-from featrob.metrics import Metric
-from featrob.options import int_param
-from featrob.results import MetricResult
-from featrob.specs import parse_fraction
+from featrob import ConfigError, Metric, MetricResult, int_param, parse_fraction
 from featrob_sensitivity.extremes import feature_extremes
-from featrob_sensitivity.measure import FeatureExtremes, entry_key, measure_extremes
+from featrob_sensitivity.measure import FeatureExtremes, entry_params, measure_extremes
 from featrob_sensitivity.report import build_result
 from featrob_sensitivity.theorem import feature_scales, head_weight, margins
 
 if TYPE_CHECKING:
-    from featrob.context import RunContext
+    from featrob import RunContext
 
 
 @dataclass
@@ -201,7 +198,6 @@ class FeatureSensitivity(Metric):
         )
         seeds = ctx.sample_seeds().to(ctx.device)
         batch_inputs = o["batch_inputs"] or self.replicas_per_pass(ctx, forward, x, seeds, dim)
-        base = {"model": ctx.model_fingerprint, **ctx.data_key}
         for eps in self.eps_values(ctx):
             attack = ctx.make_attack(
                 "pgd",
@@ -210,11 +206,6 @@ class FeatureSensitivity(Metric):
                 steps=o["steps"],
                 rel_step_size=o["rel_step_size"],
                 drop_stationary=True,
-            )
-            entry = (
-                None
-                if ctx.store is None
-                else ctx.store.entry(entry_key(base, layer, attack, ctx.config.amp))
             )
             result.extremes.append(
                 measure_extremes(
@@ -226,8 +217,10 @@ class FeatureSensitivity(Metric):
                     attack,
                     dim=dim,
                     batch_inputs=batch_inputs,
-                    entry=entry,
-                    progress=ctx.progress,
+                    # forward runs under ctx.autocast(): the key records --amp
+                    cached_rows=partial(
+                        ctx.cached_rows, "feature-extremes", entry_params(layer, attack)
+                    ),
                     label=f"sensitivity {label} eps={eps:.4g}",
                 )
             )

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featrob.results import Figure, MetricResult
+from featrob import Figure, MetricResult
 from featrob_sensitivity.theorem import per_sample_estimate, robust_accuracy_bound
 
 if TYPE_CHECKING:

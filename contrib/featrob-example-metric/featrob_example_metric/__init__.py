@@ -1,6 +1,6 @@
 """featrob plugin ``example_metric``: how much more an attack flips than random noise.
 
-The smallest complete metric plugin: one :class:`~featrob.metrics.Metric` subclass with
+The smallest complete metric plugin: one :class:`~featrob.Metric` subclass with
 declared options, registered through the ``featrob_register_metrics`` hook, found through the
 ``featrob`` entry point in ``pyproject.toml``. Run it with
 ``featrob run --plugin example_metric``.
@@ -12,8 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from featrob import Metric, MetricResult, hookimpl
-from featrob.options import int_param
+from featrob import Metric, MetricResult, hookimpl, int_param
 
 __version__ = "0.1.0"
 

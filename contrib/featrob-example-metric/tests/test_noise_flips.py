@@ -2,7 +2,7 @@
 
 from featrob_example_metric import NoiseFlips
 
-from featrob.plugins import PluginHost
+from featrob import PluginHost
 from featrob.testing import check_metric, make_context
 
 

@@ -32,7 +32,7 @@ THREATS = ("Linf", "L2", "corruptions")
 
 def default_model_dir() -> Path:
     """``$FEATROB_HOME/robustbench`` (RobustBench's own default is ``./models``)."""
-    from featrob.config import featrob_home
+    from featrob import featrob_home
 
     return featrob_home() / "robustbench"
 
@@ -41,11 +41,11 @@ def parse(arg: str | None) -> tuple[str, str, str]:
     """``"cifar10/Linf/Carmon2019Unlabeled"`` -> ``("cifar10", "Linf", "Carmon2019Unlabeled")``.
 
     Raises:
-        featrob.errors.ConfigError: not three parts.
-        featrob.errors.UnknownNameError: unknown data set, threat model or model name (with
+        featrob.ConfigError: not three parts.
+        featrob.UnknownNameError: unknown data set, threat model or model name (with
             close matches among RobustBench's).
     """
-    from featrob.errors import ConfigError, UnknownNameError
+    from featrob import ConfigError, UnknownNameError
 
     parts = (arg or "").split("/")
     if len(parts) != 3 or not all(parts):
@@ -95,10 +95,10 @@ def rb(
     """A RobustBench model ``rb:DATASET/THREAT/NAME`` with its trained weights.
 
     Raises:
-        featrob.errors.ModelError: a data set that does not fit the model, or weights that
+        featrob.ModelError: a data set that does not fit the model, or weights that
             are missing and cannot be fetched (one line naming the file).
     """
-    from featrob.errors import ModelError
+    from featrob import ModelError
 
     dataset, threat, name = parse(arg)
     shape, classes = DATASETS[dataset]

@@ -13,9 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import featrob
-from featrob.cli import create_app
-from featrob.errors import ModelError, UnknownNameError
-from featrob.plugins import PluginHost
+from featrob import ModelError, PluginHost, UnknownNameError, create_app
 from featrob.testing import check_model, plugin_host, write_npz_dataset
 
 #: A RobustBench CIFAR-10 Linf model small enough for a CPU test: PreAct ResNet-18, which

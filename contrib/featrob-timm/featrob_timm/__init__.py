@@ -37,14 +37,14 @@ def timm_model(
     """The timm classifier ``timm:NAME`` for ``input_shape`` images and ``num_classes``.
 
     Raises:
-        featrob.errors.ConfigError: no name given.
-        featrob.errors.UnknownNameError: not a timm model (with close matches).
-        featrob.errors.ModelError: timm cannot build it or fetch its pretrained weights.
+        featrob.ConfigError: no name given.
+        featrob.UnknownNameError: not a timm model (with close matches).
+        featrob.ModelError: timm cannot build it or fetch its pretrained weights.
     """
     import timm
     from timm.models import get_pretrained_cfg
 
-    from featrob.errors import ConfigError, ModelError, UnknownNameError
+    from featrob import ConfigError, ModelError, UnknownNameError
 
     if not arg:
         raise ConfigError("model 'timm' needs a timm model name, e.g. 'timm:resnet18'")

@@ -11,8 +11,7 @@ import timm
 import torch
 
 import featrob
-from featrob.errors import ConfigError, ModelError, UnknownNameError
-from featrob.plugins import PluginHost
+from featrob import ConfigError, ModelError, PluginHost, UnknownNameError
 from featrob.testing import check_model, plugin_host, write_npz_dataset
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])

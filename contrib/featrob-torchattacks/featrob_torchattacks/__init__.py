@@ -1,7 +1,7 @@
 """featrob plugin ``torchattacks``: every torchattacks attack as a featrob attack.
 
 An adapter, not a copy: for each attack class ``torchattacks.NAME`` the plugin registers a
-featrob :class:`~featrob.attacks.base.Attack` named ``torchattacks:NAME`` whose parameters
+featrob :class:`~featrob.Attack` named ``torchattacks:NAME`` whose parameters
 are the torchattacks constructor's keyword arguments (with their defaults), so
 ``--attack "torchattacks:CW(c=0.5, steps=100)"`` works like any built-in attack, including
 inside featrob's AutoAttack-style evaluation and the feature store.
@@ -28,9 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from featrob import hookimpl
-from featrob.attacks.base import Attack, project
-from featrob.errors import ConfigError
+from featrob import Attack, ConfigError, hookimpl, project
 
 __version__ = "0.1.0"
 

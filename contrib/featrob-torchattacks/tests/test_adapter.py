@@ -7,9 +7,7 @@ import pytest
 import torch
 from featrob_torchattacks import adapters
 
-from featrob.attacks.pgd import PGD
-from featrob.plugins import PluginHost
-from featrob.seeding import sample_seeds
+from featrob import PluginHost, make_attack, sample_seeds
 from featrob.testing import check_attack, tiny_dataset, tiny_model
 
 BY_NAME = {cls.name: cls for cls in adapters()}
@@ -34,7 +32,8 @@ def test_torchattacks_pgd_agrees_with_featrobs_pgd():
     x, y = data.test.float_images(), data.test.labels
     seeds = sample_seeds(0, data.test.indices)
     theirs = BY_NAME["torchattacks:PGD"](eps=0.1, steps=20, alpha=0.1 / 8).perturb(model, x, y)
-    ours = PGD(eps=0.1, steps=20, rel_step_size=1 / 8).perturb(model, x, y, sample_seeds=seeds)
+    pgd = make_attack("pgd(steps=20)", eps=0.1, rel_step_size=1 / 8)
+    ours = pgd.perturb(model, x, y, sample_seeds=seeds)
     with torch.no_grad():
         acc = [float((model(a).argmax(1) == y).float().mean()) for a in (theirs, ours)]
     assert abs(acc[0] - acc[1]) <= 0.05
