@@ -52,8 +52,8 @@ def trained_model(
     """A model trained (once, then cached under $FEATROB_HOME) and the data bundle."""
     from featrob.config import RunConfig
     from featrob.plugins import PluginHost
-    from featrob.prepare import load_data, prepare_model
-    from featrob.progress import Reporter
+    from featrob.prepare import load_run_data, prepare_model
+    from featrob.progress import ProgressBars
 
     cfg = RunConfig.from_dict(
         {
@@ -65,8 +65,8 @@ def trained_model(
         }
     )
     host = PluginHost()
-    data = load_data(cfg, host)
-    net, _ = prepare_model(cfg, data, host, device, Reporter(quiet=False))
+    data = load_run_data(cfg, host)
+    net, _ = prepare_model(cfg, data, host, device, ProgressBars(quiet=False))
     return net, data
 
 

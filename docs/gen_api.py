@@ -21,7 +21,7 @@ TARGET = HERE / "api.md"
 #: Sections of the reference: title -> public names, in reading order.
 SECTIONS: dict[str, list[str]] = {
     "Writing a plugin": ["hookimpl", "get_plugin_manager", "PluginHost"],
-    "Metrics and results": ["Metric", "MetricResult", "Figure", "Results"],
+    "Metrics and results": ["Metric", "MetricResult", "Figure", "Results", "results_schema"],
     "The run a metric sees": ["RunContext", "FeatureSet", "CachedRows"],
     "Models and heads": [
         "FeatrobModel",
@@ -40,6 +40,7 @@ SECTIONS: dict[str, list[str]] = {
         "project",
         "margin_loss",
         "Plan",
+        "Ensemble",
         "Evaluation",
         "evaluate",
     ],

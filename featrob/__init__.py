@@ -30,6 +30,7 @@ _LAZY = {
     "MetricResult": "featrob.results",
     "Results": "featrob.results",
     "Figure": "featrob.results",
+    "results_schema": "featrob.results",
     # the run a metric sees
     "RunContext": "featrob.context",
     "FeatureSet": "featrob.extract",
@@ -52,12 +53,13 @@ _LAZY = {
     "project": "featrob.attacks.base",
     "margin_loss": "featrob.attacks.base",
     "Plan": "featrob.attacks.protocol",
+    "Ensemble": "featrob.attacks.surrogate",
     "Evaluation": "featrob.attacks.protocol",
     "evaluate": "featrob.attacks.protocol",
     # training
-    "TrainingMethod": "featrob.training",
+    "TrainingMethod": "featrob.trainer",
     "TrainConfig": "featrob.config",
-    "train": "featrob.training",
+    "train": "featrob.trainer",
     "kl_adversary": "featrob.adversaries",
     # output formats
     "Reporter": "featrob.reporters",

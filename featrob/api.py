@@ -34,8 +34,10 @@ from featrob.errors import ConfigError, DataError
 from featrob.metrics import Metric
 from featrob.models.base import FeatrobModel, split_backbone_head
 from featrob.plugins import PluginHost
+from featrob.prepare import load_run_data, prepare_model, resolve_device
 from featrob.progress import ProgressBars
 from featrob.results import MetricResult
+from featrob.store import FeatureStore
 
 
 def load_data(
@@ -50,10 +52,9 @@ def load_data(
         **config: run config keys that affect loading (``data_root``, ``download``,
             ``data_options``).
     """
-    from featrob.prepare import load_data as _load
 
     cfg = RunConfig.from_dict({**config, "dataset": spec})
-    return _load(cfg, host or PluginHost())
+    return load_run_data(cfg, host or PluginHost())
 
 
 def load_model(
@@ -81,7 +82,6 @@ def load_model(
     The model's input normalisation (``model.normalization``, with its source) follows the
     rules of :mod:`featrob.models.normalization`.
     """
-    from featrob.prepare import prepare_model, resolve_device
 
     host = host or PluginHost()
     bundle = load_data(data, host=host) if isinstance(data, str) else data
@@ -170,7 +170,6 @@ def context_for(
         device: where to compute.
         **config: any :class:`RunConfig` keys (``eps=0.1``, ``attacks=["fgsm"]``, ...).
     """
-    from featrob.store import FeatureStore
 
     host = host or PluginHost()
     cfg = RunConfig.from_dict({"quiet": True, "store": "none", **config})

@@ -6,7 +6,6 @@ never a traceback.
 """
 
 import functools
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -109,9 +108,4 @@ def main(argv: list[str] | None = None) -> None:
     app(args=argv if argv is not None else sys.argv[1:], prog_name="featrob")
 
 
-def dump_json(data: Any) -> str:
-    """Indented JSON for terminal output."""
-    return json.dumps(data, indent=2, default=str)
-
-
-__all__ = ["Path", "create_app", "dump_json", "main"]
+__all__ = ["Path", "create_app", "main"]

@@ -1,6 +1,7 @@
 """The built-in subcommands: ``run``, ``report``, ``train`` and ``plugins``."""
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -285,7 +286,7 @@ def add_train_command(
         ] = False,
     ) -> None:
         """Train a model and write a checkpoint with a JSON card (accuracies, versions)."""
-        from featrob.prepare import build, fit, load_data, resolve_device, write_checkpoint
+        from featrob.prepare import build, fit, load_run_data, resolve_device, write_checkpoint
         from featrob.progress import ProgressBars
         from featrob.runner import check_model_config
         from featrob.specs import parse_fraction
@@ -320,7 +321,7 @@ def add_train_command(
             typer.echo(f"config ok: train {cfg.model} on {cfg.dataset} with {cfg.train.method}")
             return
         progress = ProgressBars(quiet=cfg.quiet)
-        data = load_data(cfg, host)
+        data = load_run_data(cfg, host)
         net = build(cfg, data, host)
         card = fit(
             net,
@@ -354,8 +355,6 @@ def add_plugins_command(
         as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     ) -> None:
         """List installed plugins: source, distribution, version, what they register, errors."""
-        from featrob.cli import dump_json
-
         host = host_factory()
         problem = None
         try:
@@ -382,3 +381,8 @@ def add_plugins_command(
         if problem:
             typer.secho(f"featrob: error: {problem}", err=True, fg=typer.colors.RED)
             raise typer.Exit(2)
+
+
+def dump_json(data: Any) -> str:
+    """Indented JSON for terminal output."""
+    return json.dumps(data, indent=2, default=str)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from featrob.errors import ConfigError
-from featrob.specs import parse_fraction, parse_value
+from featrob.specs import parse_fraction, parse_norm, parse_size, parse_value
 
 
 def featrob_home() -> Path:
@@ -128,7 +128,7 @@ class RunConfig:
             batches, sensitivity replicas, collision searches) are chosen from the measured
             per-input cost so that each pass fits it (:mod:`featrob.memory`); None keeps
             ``batch_size`` and the metrics' own defaults.
-        reports: reporter names.
+        reports: reporter names (results.json is written whatever they are).
         quiet: no progress bars.
         train: training settings.
     """
@@ -293,7 +293,6 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
 
 
 def _validate(cfg: RunConfig) -> RunConfig:
-    from featrob.specs import parse_norm
 
     cfg.norm = parse_norm(cfg.norm)
     if cfg.norm == "linf" and cfg.eps > 1:
@@ -304,8 +303,6 @@ def _validate(cfg: RunConfig) -> RunConfig:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
     if cfg.max_memory is not None:
-        from featrob.specs import parse_size
-
         cfg.max_memory = str(cfg.max_memory)
         parse_size(cfg.max_memory)
     if cfg.n_per_class is not None and cfg.n_per_class <= 0:

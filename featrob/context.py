@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,11 @@ from torch import Tensor
 
 from featrob.attacks.base import Attack
 from featrob.attacks.factory import expand_presets, make_attack
+from featrob.attacks.protocol import evaluate
 from featrob.extract import AutocastForward, Extractor, FeatureSet, autocast_context
+from featrob.memory import chunk_for, footprint, loop_footprint, tame_allocator
+from featrob.model_cache import cached_module, model_cache_path
+from featrob.prepare import prepare_model
 from featrob.rows import CachedRows, Compute, MemoryStore, RowCache
 from featrob.seeding import derive_seed, sample_seeds
 from featrob.specs import parse_size
@@ -187,7 +192,6 @@ class RunContext:
                 cost per item (an item that holds several passes) and add bytes an item
                 keeps besides.
         """
-        from featrob.memory import chunk_for, footprint, loop_footprint, tame_allocator
 
         budget = self.memory_budget
         if budget is None:
@@ -225,7 +229,6 @@ class RunContext:
                 model's backbone, say); default the run's model. It runs under ``--amp``
                 like the run's, and its records are keyed by its fingerprint.
         """
-        from featrob.attacks.protocol import evaluate
 
         target = self.model if model is None else model
         rows = self._rows if model is None else self._rows.with_model(model.fingerprint())
@@ -261,9 +264,6 @@ class RunContext:
         trained with training method ``method`` (trained once, then cached like the run's
         own model), or the checkpoint ``weights``. Metrics use it to compare models side by
         side (e.g. standard vs scale-aware training)."""
-        import dataclasses
-
-        from featrob.prepare import prepare_model
 
         if (method is None) == (weights is None):
             raise ValueError("variant() takes exactly one of method and weights")
@@ -397,7 +397,6 @@ class RunContext:
         Returns:
             True when the weights came from the cache.
         """
-        from featrob.model_cache import cached_module, model_cache_path
 
         key = {"kind": kind, "base": self.model_fingerprint, **self.data_key, **params}
         path = model_cache_path(key, prefix=kind)

@@ -44,7 +44,7 @@ def featrob_register_models(register: Register) -> None:
     ``register(factory, name="my-net")`` where
     ``factory(input_shape: tuple[int, int, int], num_classes: int, **options) -> nn.Module``.
     A factory that takes the text after ``name:`` in a spec (like ``tv:resnet50``) declares a
-    parameter ``arg``. The module is wrapped in :class:`featrob.models.FeatrobModel`; give it
+    parameter ``arg``. The module is wrapped in :class:`featrob.FeatrobModel`; give it
     ``backbone`` and ``head`` attributes to say where features end, otherwise its last
     ``nn.Linear`` is taken as the head.
     """
@@ -71,24 +71,24 @@ def featrob_register_datasets(register: Register) -> None:
 
 @hookspec
 def featrob_register_attacks(register: Register) -> None:
-    """Register perturbation methods: subclasses of :class:`featrob.attacks.Attack`."""
+    """Register perturbation methods: subclasses of :class:`featrob.Attack`."""
 
 
 @hookspec
 def featrob_register_metrics(register: Register) -> None:
-    """Register analyses: subclasses of :class:`featrob.metrics.Metric`."""
+    """Register analyses: subclasses of :class:`featrob.Metric`."""
 
 
 @hookspec
 def featrob_register_reporters(register: Register) -> None:
-    """Register output formats: subclasses of :class:`featrob.reporters.Reporter`."""
+    """Register output formats: subclasses of :class:`featrob.Reporter`."""
 
 
 @hookspec
 def featrob_register_training_methods(register: Register) -> None:
     """Register training methods for ``featrob train --method NAME``.
 
-    Objects are subclasses of :class:`featrob.training.TrainingMethod`.
+    Objects are subclasses of :class:`featrob.TrainingMethod`.
     """
 
 

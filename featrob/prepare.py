@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from featrob.attacks.pgd import PGD
+from featrob.attacks.surrogate import bpda_hooks
 from featrob.config import RunConfig, TrainConfig
 from featrob.data import load_dataset
 from featrob.data.base import DatasetBundle
@@ -20,6 +22,7 @@ from featrob.models.normalization import Normalization
 from featrob.plugins import PluginHost
 from featrob.progress import ProgressBars
 from featrob.seeding import derive_seed
+from featrob.trainer import accuracy, model_card, train
 
 #: Samples per class used for the PGD accuracy on a model card when the test split is large.
 CARD_EVAL_PER_CLASS = 100
@@ -38,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_data(config: RunConfig, host: PluginHost) -> DatasetBundle:
+def load_run_data(config: RunConfig, host: PluginHost) -> DatasetBundle:
     """The configured data set (whole; the analysed split is subsampled by the runner)."""
     return load_dataset(
         config.dataset,
@@ -156,9 +159,6 @@ def fit(
 ) -> dict[str, Any]:
     """Train (from ``train_config.init`` when set), then measure clean and PGD-20 accuracy;
     return the model card."""
-    from featrob.attacks.pgd import PGD
-    from featrob.attacks.surrogate import bpda_hooks
-    from featrob.training import accuracy, model_card, train
 
     init = None
     if train_config.init is not None:

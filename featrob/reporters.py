@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from featrob.results import atomic_write
+
 if TYPE_CHECKING:
     from featrob.results import Results
 
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
+__all__ = ["Reporter", "SingleFileReporter", "atomic_write", "table_columns"]
 
 
 def table_columns(rows: list[dict[str, Any]]) -> list[str]:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import uuid
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from featrob.errors import ConfigError
 
 SUMMARY_TYPES = (int, float, str, bool, type(None))
 
@@ -23,9 +28,18 @@ SCHEMA_VERSION = 1
 
 def results_schema() -> dict[str, Any]:
     """The JSON Schema of results.json shipped with the package (draft 2020-12)."""
-    from importlib.resources import files
 
     return json.loads(files("featrob").joinpath("schemas/results.schema.json").read_text())
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -140,7 +154,6 @@ class Results:
         record = self.environment.get("normalization")
         if not isinstance(record, dict):
             return None
-        from featrob.errors import ConfigError
         from featrob.models.normalization import Normalization
 
         try:
@@ -161,6 +174,28 @@ class Results:
             "warnings": list(self.warnings),
             "environment": _jsonable(self.environment),
         }
+
+    def save(self, run_dir: str | Path) -> list[Path]:
+        """Write ``results.json`` and, when any metric returned arrays, ``arrays.npz`` (each
+        atomically: a reader never sees half a file). The run writes them after every
+        metric, whatever reporters are selected; :meth:`load` reads them back."""
+        out = Path(run_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "results.json"
+        atomic_write(path, json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
+        written = [path]
+        arrays = {
+            f"{metric}/{name}": np.asarray(value)
+            for metric, result in self.metrics.items()
+            for name, value in result.arrays.items()
+        }
+        if arrays:
+            npz = out / "arrays.npz"
+            tmp = out / f".arrays.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz"
+            np.savez_compressed(tmp, **arrays)
+            os.replace(tmp, npz)
+            written.append(npz)
+        return written
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Results:

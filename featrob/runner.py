@@ -12,25 +12,31 @@ rank 0 writes the results folder.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 import traceback
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import featrob
 from featrob import distributed
+from featrob.attacks.factory import expand_presets, make_attack
 from featrob.config import RunConfig, to_toml
 from featrob.context import RunContext
 from featrob.errors import ConfigError, FeatrobError, PluginLoadError, UnknownNameError
+from featrob.memory import chunk_for, footprint, tame_allocator
 from featrob.model_checks import loaded_model_warnings
 from featrob.plugins import PluginHost, get_plugin_host
-from featrob.prepare import load_data, prepare_model, resolve_device
+from featrob.prepare import load_run_data, prepare_model, resolve_device
 from featrob.progress import ProgressBars
 from featrob.registry import Entry
 from featrob.results import MetricResult, Results
+from featrob.specs import parse_size, split_spec
 from featrob.store import FeatureStore
 
 
@@ -70,7 +76,6 @@ def select_metrics(config: RunConfig, host: PluginHost) -> tuple[list[Entry[Any]
 def check_before_work(config: RunConfig, host: PluginHost, metrics: list[Entry[Any]]) -> None:
     """Fail on unknown attacks, attack parameters and metric options before any training or
     data loading, so a typo costs a second, not a run."""
-    from featrob.attacks.factory import expand_presets, make_attack
 
     for spec in expand_presets(config.attacks):
         make_attack(spec, eps=config.eps, norm=config.norm, seed=config.seed, registry=host.attacks)
@@ -102,7 +107,6 @@ def check_model_config(config: RunConfig, host: PluginHost, *, training: bool = 
     Raises:
         FeatrobError: the first unknown name, with close matches.
     """
-    from featrob.specs import split_spec
 
     model_name, arg = split_spec(config.model)
     if model_name in host.models or not ("." in model_name or arg is not None):
@@ -116,9 +120,6 @@ def check_model_config(config: RunConfig, host: PluginHost, *, training: bool = 
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and hardware of this run (saved so it can be repeated)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import numpy as np
 
     try:
         torchvision_version = version("torchvision")  # importing torchvision costs seconds
@@ -160,7 +161,8 @@ def run(
         config = RunConfig.from_dict(config)
     host = host or get_plugin_host()
     metrics, errors = select_metrics(config, host)
-    reporters = [host.reporters.get(name) for name in config.reports]
+    # results.json is the core's (written after every metric); reporters render the rest
+    reporters = [host.reporters.get(name) for name in config.reports if name != "json"]
     check_before_work(config, host, metrics)
     device = resolve_device(config.device)
     with distributed.joined(device) as here:  # torchrun: work with the other ranks
@@ -168,7 +170,7 @@ def run(
         progress = progress or ProgressBars(quiet=config.quiet or not here.main)
         torch.manual_seed(config.seed)
 
-        data = load_data(config, host)
+        data = load_run_data(config, host)
         split = data.split(config.split)
         if config.n_per_class:
             split = split.balanced_subset(config.n_per_class, config.seed)
@@ -199,9 +201,6 @@ def run(
         if here.main:  # one results folder and one report, whatever the number of ranks
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.toml").write_text(to_toml({k: v for k, v in config.to_dict().items()}))
-        json_reporter = (
-            host.reporters.get("json")() if "json" in host.reporters and here.main else None
-        )
 
         if config.weights or model.pretrained:  # weights featrob did not train: check them
             results.warnings += _checked(loaded_model_warnings, ctx, results.errors)
@@ -214,8 +213,8 @@ def run(
             results.errors += host.call(
                 "featrob_metric_result", name=entry.name, result=result, context=ctx
             )
-            if json_reporter is not None:
-                json_reporter.write(results, out)  # keep what is finished, whatever happens next
+            if here.main:
+                results.save(out)  # keep what is finished, whatever happens next
         results.errors += host.call("featrob_run_end", results=results, context=ctx)
         for reporter_cls in reporters if here.main else []:
             try:
@@ -224,8 +223,8 @@ def run(
                 results.errors.append(
                     f"reporter {reporter_cls.name!r} failed: {type(exc).__name__}: {exc}"
                 )
-        if json_reporter is not None:
-            json_reporter.write(results, out)
+        if here.main:
+            results.save(out)
         return results
 
 
@@ -248,10 +247,6 @@ def _fit_batch_to_budget(
     (batched restarts) hold that many passes at once: give them the budget divided by their
     replication, or ``batch_restarts=false``.
     """
-    import dataclasses
-
-    from featrob.memory import chunk_for, footprint, tame_allocator
-    from featrob.specs import parse_size
 
     budget = parse_size(config.max_memory)
     if budget is None:

@@ -31,18 +31,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from featrob.api import context_for
 from featrob.attacks.base import Attack, flat_norm
+from featrob.config import TrainConfig
 from featrob.context import RunContext
 from featrob.data.base import DatasetBundle, DataSplit
+from featrob.data.sources import load_digits
 from featrob.metrics import Metric
 from featrob.models.base import FeatrobModel
+from featrob.models.loading import build_model
 from featrob.plugins import PluginHost
 from featrob.results import MetricResult
+from featrob.runner import run
+from featrob.seeding import sample_seeds
+from featrob.trainer import train
 
 
 def tiny_dataset(n_per_class_test: int = 10) -> DatasetBundle:
     """scikit-learn's digits (8x8 grey) with a balanced test subset of ``n_per_class_test``."""
-    from featrob.data.sources import load_digits
 
     bundle = load_digits(None)
     bundle.test = bundle.test.balanced_subset(n_per_class_test, seed=0)
@@ -51,9 +57,6 @@ def tiny_dataset(n_per_class_test: int = 10) -> DatasetBundle:
 
 @lru_cache(maxsize=4)
 def _trained_state(epochs: int) -> tuple[dict[str, torch.Tensor], tuple, tuple]:
-    from featrob.config import TrainConfig
-    from featrob.models.loading import build_model
-    from featrob.training import train
 
     data = tiny_dataset()
     host = PluginHost()
@@ -75,7 +78,6 @@ def _trained_state(epochs: int) -> tuple[dict[str, torch.Tensor], tuple, tuple]:
 
 def tiny_model(trained: bool = True, epochs: int = 8) -> FeatrobModel:
     """A small CNN on 8x8 digits; trained (~95% accuracy, cached per process) or fresh."""
-    from featrob.models.loading import build_model
 
     data = tiny_dataset()
     host = PluginHost()
@@ -106,7 +108,6 @@ def make_context(
         store: a folder for a real feature store, or ``"memory"`` for none.
         **config: any :class:`RunConfig` keys (``eps=0.1``, ``attacks=["fgsm"]``, ...).
     """
-    from featrob.api import context_for
 
     return context_for(
         model if model is not None else tiny_model(),
@@ -169,7 +170,6 @@ def check_attack(
     data = tiny_dataset()
     x = data.test.float_images()[:40]
     y = data.test.labels[:40]
-    from featrob.seeding import sample_seeds
 
     seeds = sample_seeds(0, data.test.indices[:40])
     for norm in norms or attack_cls.norms:
@@ -290,7 +290,6 @@ def check_model(
     Returns:
         The run's :class:`~featrob.results.Results`.
     """
-    from featrob.runner import run
 
     metrics = {k: dict(v) for k, v in TINY_BUDGETS["metrics"].items()}
     for name, options in config.pop("metrics", {}).items():

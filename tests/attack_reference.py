@@ -17,7 +17,7 @@ from featrob.models import build_model
 from featrob.models.base import FeatrobModel
 from featrob.plugins import PluginHost
 from featrob.seeding import sample_seeds
-from featrob.training import train
+from featrob.trainer import train
 
 #: Budgets at which featrob and the reference are compared (Linf and L2).
 LINF_EPS = (0.05, 0.1)

@@ -17,7 +17,7 @@ from featrob.errors import ConfigError
 from featrob.models.heads import L2Head
 from featrob.plugins import PluginHost
 from featrob.testing import check_metric, make_context, tiny_dataset, tiny_model
-from featrob.training import norm_statistics_frozen, train
+from featrob.trainer import norm_statistics_frozen, train
 
 
 def test_ikl_wmse_closed_form_and_gap_invariance():

@@ -87,3 +87,72 @@ def test_api_reference_is_built_without_warnings_and_current():
     text, problems = gen_api.build()
     assert not problems, "undocumented public API: " + "; ".join(problems)
     assert (ROOT / "docs" / "api.md").read_text() == text, "run python docs/gen_api.py"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """featrob module -> featrob modules it imports at run time (function bodies included,
+    TYPE_CHECKING blocks not; ``from featrob import X`` resolves X's defining module)."""
+    modules = {}
+    for path in (ROOT / "featrob").rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    lazy = featrob._LAZY
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        guarded = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for inner in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in guarded:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module == "featrob":
+                    targets = [lazy[a.name] for a in node.names if a.name in lazy]
+                else:
+                    targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                parts = target.split(".")
+                for i in range(2, len(parts) + 1):  # importing a.b.c imports a.b first
+                    dep = ".".join(parts[:i])
+                    if dep in modules and dep != name and not name.startswith(dep + "."):
+                        graph[name].add(dep)
+    return graph
+
+
+def test_featrob_has_no_import_cycle():
+    graph = _import_graph()
+    assert len(graph) > 60 and graph["featrob.context"]
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep) :], dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_readme_lists_every_public_name():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### The public API") : readme.index("### Write a plugin")]
+    import re
+
+    listed = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", section.split("| for | names |")[1]))
+    assert listed == set(featrob.__all__) - {"__version__"}

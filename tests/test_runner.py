@@ -139,12 +139,12 @@ def test_channels_last_gives_the_default_results(tmp_path):
 
     from featrob.config import RunConfig
     from featrob.plugins import PluginHost
-    from featrob.prepare import load_data
+    from featrob.prepare import load_run_data
     from featrob.progress import Reporter
 
     host, cpu = PluginHost(), torch.device("cpu")
     cfg = RunConfig.from_dict({"channels_last": True, "quiet": True})
-    data = load_data(cfg, host)
+    data = load_run_data(cfg, host)
     model, _ = prepare_model(cfg, data, host, cpu, Reporter(quiet=True))
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -285,7 +285,7 @@ def test_scale_penalty_gradient_is_radial_and_weights_favour_low_scales():
 
 
 def test_scale_aware_training_learns_digits():
-    from featrob.training import accuracy, train
+    from featrob.trainer import accuracy, train
 
     data = tiny_dataset()
     host = PluginHost()

@@ -11,7 +11,7 @@ from featrob.data.sources import load_digits
 from featrob.errors import ConfigError
 from featrob.models import build_model
 from featrob.plugins import PluginHost
-from featrob.training import TrainingMethod, accuracy, random_crop_flip, train
+from featrob.trainer import TrainingMethod, accuracy, random_crop_flip, train
 
 CPU = torch.device("cpu")
 

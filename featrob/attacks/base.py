@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from featrob import seeding
 from featrob.errors import ConfigError, check_finite_nonnegative
 from featrob.options import merge_options
+from featrob.seeding import sample_seeds as make_seeds
 from featrob.specs import parse_norm
 
 #: ``x -> outputs`` (logits, features, ...); must be differentiable for gradient attacks.
@@ -143,7 +145,6 @@ class Attack(ABC):
 
     # ------------------------------------------------------------------ helpers
     def _seeds(self, x: Tensor, sample_seeds: Tensor | None) -> Tensor:
-        from featrob.seeding import sample_seeds as make_seeds
 
         if sample_seeds is None:
             return make_seeds(self.seed, torch.arange(len(x)))
@@ -301,7 +302,6 @@ def random_in_ball(
 ) -> Tensor:
     """A random point of the eps ball per sample (uniform in the Linf cube; for L2 uniform in
     the ball: Gaussian direction, radius eps * u^(1/d)), drawn from per-sample seeds."""
-    from featrob import seeding
 
     if norm == "linf":
         return (seeding.uniform(seeds, shape, stream) * 2 - 1) * eps

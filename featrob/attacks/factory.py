@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from featrob.attacks.base import Attack
+from featrob.plugins import get_plugin_host
 from featrob.registry import Registry
 from featrob.specs import parse_call
 
@@ -51,8 +52,6 @@ def make_attack(
     """
     name, spec_params = parse_call(spec)
     if registry is None:
-        from featrob.plugins import get_plugin_host  # the process-wide plugins, loaded once
-
         registry = get_plugin_host().attacks
     cls = registry.get(name)
     return cls(eps=eps, norm=norm, seed=seed, **{**spec_params, **params})

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
-from featrob.reporters import Reporter, SingleFileReporter, atomic_write, table_columns
+from featrob.reporters import Reporter, SingleFileReporter, table_columns
 from featrob.results import Results
 
 MAX_MD_ROWS = 50
@@ -22,23 +19,10 @@ class JsonReporter(Reporter):
     description: ClassVar[str] = "results.json (+ arrays.npz with per-sample arrays)"
 
     def write(self, results: Results, out_dir: Path) -> list[Path]:
-        """Write results.json and, when any metric returned arrays, arrays.npz."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "results.json"
-        atomic_write(path, json.dumps(results.to_json(), indent=2, allow_nan=False) + "\n")
-        written = [path]
-        arrays = {
-            f"{metric}/{name}": np.asarray(value)
-            for metric, result in results.metrics.items()
-            for name, value in result.arrays.items()
-        }
-        if arrays:
-            npz = out_dir / "arrays.npz"
-            tmp = out_dir / f".arrays.{os.getpid()}.tmp.npz"
-            np.savez_compressed(tmp, **arrays)
-            os.replace(tmp, npz)
-            written.append(npz)
-        return written
+        """Write results.json and, when any metric returned arrays, arrays.npz
+        (:meth:`Results.save`; a run writes them itself, this reporter serves ``featrob
+        report --report json``)."""
+        return results.save(out_dir)
 
 
 class MarkdownReporter(SingleFileReporter):

@@ -14,6 +14,7 @@ import json
 from html import escape
 from typing import Any, ClassVar
 
+from featrob.builtins.figures import render_png
 from featrob.reporters import SingleFileReporter, table_columns
 from featrob.results import Figure, MetricResult, Results
 
@@ -142,7 +143,6 @@ def _cell(value: Any) -> str:
 
 def _figure(name: str, fig: Figure) -> str:
     """The figure as an embedded PNG, or a line saying why it could not be drawn."""
-    from featrob.builtins.figures import render_png
 
     caption = escape(fig.title or name)
     try:

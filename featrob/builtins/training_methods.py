@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from featrob.adversaries import crafting, kl_adversary
+from featrob.attacks.pgd import PGD
 from featrob.models.base import FeatrobModel
-from featrob.training import TrainingMethod
+from featrob.trainer import TrainingMethod
 
 
 class StandardTraining(TrainingMethod):
@@ -25,7 +26,6 @@ class StandardTraining(TrainingMethod):
 
 
 def _pgd(method: TrainingMethod, steps: int):
-    from featrob.attacks.pgd import PGD
 
     return PGD(eps=method.eps, norm=method.norm, steps=steps, random_start=True)
 

@@ -22,6 +22,7 @@ from torch import nn
 from featrob.errors import ConfigError, FeatrobError, ModelError, UnknownNameError
 from featrob.models._parts import check_problem
 from featrob.models.base import FeatrobModel, split_backbone_head
+from featrob.models.heads import HEADS
 from featrob.models.normalization import DefaultNormalization, Request, declared
 from featrob.specs import split_spec
 
@@ -149,7 +150,6 @@ def _pretrained(net: nn.Module) -> str | None:
 def _head_factory(head: str, head_registry: Any) -> Callable[..., Any]:
     if head_registry is not None:
         return head_registry.get(head)
-    from featrob.models.heads import HEADS
 
     if head not in HEADS:
         raise UnknownNameError("head", head, HEADS)

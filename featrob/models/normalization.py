@@ -23,6 +23,7 @@ terminal summary, the reports, the checkpoint card) with the reason:
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -205,7 +206,6 @@ def parse_request(value: Any, what: str = "--normalize") -> Request:
         mean = _floats(mean_text.split(","), what)
         std = _floats(std_text.split(","), what)
         return _named(Request("custom", *_check_values(mean, std, what)))
-    import difflib
 
     close = difflib.get_close_matches(text, NAMED, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import featrob
 from featrob.config import TrainConfig
 from featrob.data.base import DatasetBundle, DataSplit
 from featrob.errors import ConfigError
@@ -304,8 +305,6 @@ def model_card(
 ) -> dict[str, Any]:
     """The JSON card written beside a checkpoint: what was trained, how, and how well."""
     import torchvision
-
-    import featrob
 
     train_split = data.split("train")
     return {
