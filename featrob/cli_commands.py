@@ -1,8 +1,11 @@
 """The built-in subcommands: ``run``, ``report``, ``train`` and ``plugins``."""
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,7 +30,8 @@ from featrob.cli_options import (
     SetOpt,
 )
 from featrob.config import RunConfig
-from featrob.errors import DuplicateNameError
+from featrob.errors import ConfigError, DuplicateNameError
+from featrob.paths import folder_problem
 from featrob.plugins import KINDS, PluginHost
 
 Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -152,7 +156,8 @@ def add_run_command(
             names = check_config(cfg, host_factory())
             typer.echo(f"config ok: {len(names)} metrics ({', '.join(names)})")
             return
-        results = run(cfg, host=host_factory())
+        with _sigterm_interrupts():  # results.json then says "interrupted"
+            results = run(cfg, host=host_factory())
         here = launched()  # the group is closed by now
         if here.main:  # under torchrun, rank 0 speaks for the run
             _print_summary(results, Path(cfg.out))
@@ -181,7 +186,6 @@ def add_report_command(
         ] = None,
     ) -> None:
         """Re-render a finished run's reports from its results.json, computing nothing."""
-        from featrob.errors import ConfigError
         from featrob.results import Results
 
         if not (run_dir / "results.json").is_file():
@@ -225,6 +229,8 @@ def _print_summary(results: Any, out: Path) -> None:
             f"{escape(results.normalization_line)}"
         )
     console.print(table)
+    if results.status_line:
+        console.print(f"[red]{escape(results.status_line)}[/red]")
     for line in results.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(line)}")
     for err in results.errors:
@@ -320,6 +326,11 @@ def add_train_command(
         if check:
             typer.echo(f"config ok: train {cfg.model} on {cfg.dataset} with {cfg.train.method}")
             return
+        problem = folder_problem(Path(out).parent)
+        if problem is None and Path(out).is_dir():
+            problem = f"{out} is a folder"
+        if problem is not None:  # before training: the checkpoint must have somewhere to go
+            raise ConfigError(f"cannot write the checkpoint {out}: {problem}; give another --out")
         progress = ProgressBars(quiet=cfg.quiet)
         data = load_run_data(cfg, host)
         net = build(cfg, data, host)
@@ -386,3 +397,21 @@ def add_plugins_command(
 def dump_json(data: Any) -> str:
     """Indented JSON for terminal output."""
     return json.dumps(data, indent=2, default=str)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's timeout) ends the run like Ctrl-C: it unwinds, so the
+    run records itself as interrupted. Only in the main thread (signals need it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -18,7 +18,7 @@ from featrob.extract import AutocastForward, Extractor, FeatureSet, autocast_con
 from featrob.memory import chunk_for, footprint, loop_footprint, tame_allocator
 from featrob.model_cache import cached_module, model_cache_path
 from featrob.prepare import prepare_model
-from featrob.rows import CachedRows, Compute, MemoryStore, RowCache
+from featrob.rows import CachedRows, Compute, MemoryStore, ReadOnlyStore, RowCache
 from featrob.seeding import derive_seed, sample_seeds
 from featrob.specs import parse_size
 
@@ -60,6 +60,7 @@ class RunContext:
         model_fingerprint: str,
         *,
         memory: MemoryStore | None = None,
+        store_read_only: bool = False,
     ) -> None:
         self.config, self.model, self.data, self.split = config, model, data, split
         self.device, self.host, self.store, self.progress = device, host, store, progress
@@ -72,8 +73,12 @@ class RunContext:
         }
         # Without a store, rows live in memory for the whole run (variants and subsets too).
         self._memory = memory if memory is not None else MemoryStore()
+        self._store_read_only = store_read_only
+        rows_store: FeatureStore | MemoryStore | ReadOnlyStore = self._memory
+        if store is not None:
+            rows_store = ReadOnlyStore(store, self._memory) if store_read_only else store
         self._rows = RowCache(
-            store if store is not None else self._memory,
+            rows_store,
             {"model": model_fingerprint, **self.data_key},
             amp=config.amp,
             progress=progress,
@@ -284,6 +289,7 @@ class RunContext:
             self.progress,
             model.fingerprint(),
             memory=self._memory,
+            store_read_only=self._store_read_only,
         )
 
     def compared(self, spec: str) -> RunContext:
@@ -309,6 +315,7 @@ class RunContext:
             self.progress,
             self.model_fingerprint,
             memory=self._memory,
+            store_read_only=self._store_read_only,
         )
 
     @property

@@ -18,6 +18,9 @@ import torch
 
 from featrob.config import featrob_home
 from featrob.distributed import main_first
+from featrob.leases import exclusive
+from featrob.paths import folder_problem
+from featrob.run_warnings import warn
 from featrob.store import key_digest
 
 T = TypeVar("T")
@@ -38,7 +41,9 @@ def cached_training(
 ) -> tuple[T, bool]:
     """``load(path)`` when ``path`` exists, else ``train()`` then ``save(result, path)``.
 
-    Rank 0 of a distributed run goes first; the others then find the file and load it.
+    Rank 0 of a distributed run goes first; the others then find the file and load it. A
+    cache folder that cannot be written is one warning (before training) and the result is
+    returned uncached, never lost.
 
     Returns:
         ``(result, loaded)``: what ``load`` or ``train`` returned, and whether it was loaded.
@@ -46,9 +51,20 @@ def cached_training(
     with main_first():  # under torchrun rank 0 trains, the others load its cache
         if path.exists():
             return load(path), True
-        result = train()
+        problem = folder_problem(path.parent)
+        if problem is not None:  # said before training, so nobody waits for a surprise
+            warn(f"{path.name} will be trained but not cached: {problem} (set FEATROB_HOME)")
+            return train(), False
         path.parent.mkdir(parents=True, exist_ok=True)
-        save(result, path)
+        # Another run training the same model holds the lease: wait, then load its result.
+        with exclusive(path.with_name(path.name + ".lease")):
+            if path.exists():
+                return load(path), True
+            result = train()
+            try:
+                save(result, path)
+            except OSError as exc:  # the result stands; only its reuse is lost
+                warn(f"could not cache {path}: {exc.strerror or exc} (set FEATROB_HOME)")
         return result, False
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import uuid
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
@@ -124,6 +125,13 @@ class Results:
 
     ``warnings`` are run-level things the reader must know (a loaded model near chance);
     a metric's own warnings live in its :class:`MetricResult`.
+
+    ``status`` says whether the file is final: ``"running"`` while metrics are still
+    running (``pending`` names them), ``"complete"`` once every metric ran (some may have
+    failed: see ``errors`` and each metric's ``error``), ``"interrupted"`` when the run was
+    stopped (Ctrl-C, a signal, a killed process: a ``"running"`` file whose process is gone
+    reads back as interrupted), ``"failed"`` when the run itself stopped on an error.
+    Rerunning the same command completes an interrupted run from the feature store.
     """
 
     featrob: str
@@ -133,6 +141,26 @@ class Results:
     errors: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    status: str = "complete"
+    pending: list[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> bool:
+        """True when the run finished (every metric ran; some may have failed)."""
+        return self.status == "complete"
+
+    @property
+    def status_line(self) -> str | None:
+        """One line for reports about a run that is not complete (None when complete)."""
+        if self.final:
+            return None
+        left = f"{len(self.pending)} metric(s) did not run: {', '.join(self.pending)}"
+        what = {
+            "running": "this run is still running (or was killed)",
+            "interrupted": "this run was interrupted",
+            "failed": "this run stopped on an error",
+        }.get(self.status, f"run status {self.status!r}")
+        return f"{what}; {left}; rerun the same command to complete it from the store"
 
     @property
     def failed(self) -> bool:
@@ -172,6 +200,8 @@ class Results:
             "metrics": {name: m.to_json() for name, m in self.metrics.items()},
             "errors": list(self.errors),
             "warnings": list(self.warnings),
+            "status": self.status,
+            "pending": list(self.pending),
             "environment": _jsonable(self.environment),
         }
 
@@ -210,7 +240,11 @@ class Results:
             errors=list(data.get("errors", [])),
             environment=data.get("environment", {}),
             warnings=list(data.get("warnings", [])),
+            status=data.get("status", "complete"),  # files from before status were final
+            pending=list(data.get("pending", [])),
         )
+        if results.status == "running" and not _process_alive(results.environment):
+            results.status = "interrupted"
         arrays_path = Path(run_dir) / "arrays.npz"
         if arrays_path.exists():
             with np.load(arrays_path, allow_pickle=False) as npz:
@@ -243,3 +277,18 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
     return str(value)
+
+
+def _process_alive(environment: dict[str, Any]) -> bool:
+    """Whether the process that wrote a ``"running"`` results.json still runs (True when
+    that cannot be told: another machine, or no pid recorded)."""
+    pid, host = environment.get("pid"), environment.get("hostname")
+    if not isinstance(pid, int) or host != platform.node():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True

@@ -23,13 +23,16 @@ mode to the caller's own kind and device-independent parameters.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from featrob.distributed import map_batches, world
+from featrob.leases import POLL_S, Lease
 from featrob.progress import ProgressBars
 from featrob.store import FeatureStore, key_digest
 
@@ -114,6 +117,45 @@ class MemoryStore:
         return self._entries.setdefault(key_digest(key), MemoryEntry())
 
 
+class ReadOnlyStore:
+    """A feature store that cannot be written, read through, with new rows kept in memory
+    (a read-only ``FEATROB_HOME`` still serves what it holds)."""
+
+    def __init__(self, base: FeatureStore, memory: MemoryStore | None = None) -> None:
+        self.base, self.memory = base, memory if memory is not None else MemoryStore()
+
+    def entry(self, key: dict[str, Any]) -> LayeredEntry:
+        """The stored entry for ``key`` with its in-memory additions."""
+        return LayeredEntry(self.base.entry(key), self.memory.entry(key))
+
+
+class LayeredEntry:
+    """Rows of a read-only entry (``base``) and of an in-memory one (``top``)."""
+
+    def __init__(self, base: Entry, top: MemoryEntry) -> None:
+        self.base, self.top = base, top
+
+    def missing(self, indices: np.ndarray) -> np.ndarray:
+        """Indices in neither layer, in the given order."""
+        return self.top.missing(self.base.missing(indices))
+
+    def read(
+        self, indices: np.ndarray, names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Rows from the store where it has them, else from memory."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        in_base = ~np.isin(idx, self.base.missing(idx))
+        out: dict[str, np.ndarray] = {}
+        for mask, layer in ((in_base, self.base), (~in_base, self.top)):
+            if mask.any():
+                _put(out, np.flatnonzero(mask), layer.read(idx[mask], names), len(idx))
+        return out
+
+    def write(self, indices: np.ndarray, **arrays: np.ndarray) -> None:
+        """Keep new rows in memory."""
+        self.top.write(indices, **arrays)
+
+
 @dataclass
 class CachedRows:
     """Every row asked for, in the order of the row keys.
@@ -149,7 +191,7 @@ class RowCache:
 
     def __init__(
         self,
-        store: FeatureStore | MemoryStore | None,
+        store: FeatureStore | MemoryStore | ReadOnlyStore | None,
         base_key: Mapping[str, Any],
         *,
         amp: str | None = None,
@@ -299,7 +341,11 @@ class RowCache:
         total = int(sum(len(b) for b in work))
         bars = self.progress if total else ProgressBars(quiet=True)
         with bars.bar(total, label or "computing") as bar:
-            done = map_batches(work, run)  # a collective under torchrun: every rank calls it
+            if shared and world().size == 1 and accept is None and work:
+                # another run may share this store: claim batches, skip the ones it holds
+                done = _claimed(work, run, entries, row_keys, bar)
+            else:
+                done = map_batches(work, run)  # a collective under torchrun: all ranks call it
         for positions, out in zip(work, done, strict=True):
             if out is None:
                 for name, entry in entries.items():
@@ -311,6 +357,47 @@ class RowCache:
             for name, arrays in out.items():
                 _put(values[name], positions, arrays, n)
         return {name: CachedRows(values[name], computed) for name in entries}
+
+
+def _claimed(
+    work: Sequence[np.ndarray],
+    run: Callable[[np.ndarray], Any],
+    entries: Mapping[str, Entry],
+    row_keys: np.ndarray,
+    bar: Any,
+) -> list[Any]:
+    """``[run(b) for b in work]`` for one process among others on the same store: each batch
+    is claimed with a lease (:mod:`featrob.leases`) before it is computed; a batch another
+    run holds is left for later, and one that appeared in the store meanwhile is read, not
+    computed (its result is None: read back by the caller)."""
+    folder = Path(next(iter(entries.values())).path)  # type: ignore[attr-defined]
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def stored(keys: np.ndarray) -> bool:
+        return all(not len(entry.missing(keys)) for entry in entries.values())
+
+    done: list[Any] = [None] * len(work)
+    pending = list(range(len(work)))
+    while pending:
+        progressed = False
+        for i in list(pending):
+            keys = row_keys[work[i]]
+            lease = Lease(folder / f"batch-{key_digest({'rows': keys.tolist()})}.lease")
+            if not stored(keys):
+                if not lease.acquire():
+                    continue  # someone else computes it: come back later
+                try:
+                    if not stored(keys):  # it may have been finished while we looked
+                        done[i] = run(work[i])
+                finally:
+                    lease.release()
+            if done[i] is None:
+                bar.advance(len(work[i]))
+            pending.remove(i)
+            progressed = True
+        if pending and not progressed:
+            time.sleep(POLL_S)
+    return done
 
 
 def _put(into: dict[str, np.ndarray], positions: np.ndarray, arrays: Mapping, n: int) -> None:

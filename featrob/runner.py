@@ -13,6 +13,7 @@ rank 0 writes the results folder.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 import traceback
@@ -31,13 +32,15 @@ from featrob.context import RunContext
 from featrob.errors import ConfigError, FeatrobError, PluginLoadError, UnknownNameError
 from featrob.memory import chunk_for, footprint, tame_allocator
 from featrob.model_checks import loaded_model_warnings
+from featrob.paths import check_output_folder, store_writable
 from featrob.plugins import PluginHost, get_plugin_host
 from featrob.prepare import load_run_data, prepare_model, resolve_device
 from featrob.progress import ProgressBars
 from featrob.registry import Entry
 from featrob.results import MetricResult, Results
+from featrob.run_warnings import collected, warn
 from featrob.specs import parse_size, split_spec
-from featrob.store import FeatureStore
+from featrob.store import MARKER, FeatureStore
 
 
 def select_metrics(config: RunConfig, host: PluginHost) -> tuple[list[Entry[Any]], list[str]]:
@@ -126,6 +129,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     except PackageNotFoundError:
         torchvision_version = None
     env = {
+        "pid": os.getpid(),  # with hostname: tells a killed run's results.json from a live one
+        "hostname": platform.node(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
@@ -164,68 +169,132 @@ def run(
     # results.json is the core's (written after every metric); reporters render the rest
     reporters = [host.reporters.get(name) for name in config.reports if name != "json"]
     check_before_work(config, host, metrics)
+    out = Path(config.out)
+    check_output_folder(out)  # before any work: a run must not lose its results
     device = resolve_device(config.device)
+    warned: list[str] = []  # run-level warnings, one plain line each
     with distributed.joined(device) as here:  # torchrun: work with the other ranks
         device = distributed.local_device(device)
         progress = progress or ProgressBars(quiet=config.quiet or not here.main)
-        torch.manual_seed(config.seed)
+        log = progress.log if here.main else (lambda _line: None)
+        with collected(warned, log):
+            return _run(
+                config, host, metrics, errors, reporters, out, device, here, progress, warned
+            )
 
-        data = load_run_data(config, host)
-        split = data.split(config.split)
-        if config.n_per_class:
-            split = split.balanced_subset(config.n_per_class, config.seed)
-        model, card = prepare_model(config, data, host, device, progress)  # rank 0 trains first
-        config, memory = _fit_batch_to_budget(config, model, split, device)
-        store_path = config.store_path()
-        store = FeatureStore(store_path) if store_path is not None else None
-        fingerprint = model.fingerprint()
-        ctx = RunContext(config, model, data, split, device, host, store, progress, fingerprint)
 
-        resolved = config.to_dict()
-        resolved["sample_indices"] = split.indices.tolist()
-        results = Results(
-            featrob=featrob.__version__,
-            config=resolved,
-            plugins=host.versions(),
-            errors=errors,
-            environment={
-                **environment(device),
-                "model_fingerprint": fingerprint,
-                "model_card": card,
-                "normalization": model.normalization.to_json(),
-                "world_size": here.size,
-                "memory": memory,
-            },
-        )
-        out = Path(config.out)
-        if here.main:  # one results folder and one report, whatever the number of ranks
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.toml").write_text(to_toml({k: v for k, v in config.to_dict().items()}))
+def _run(
+    config: RunConfig,
+    host: PluginHost,
+    metrics: list[Entry[Any]],
+    errors: list[str],
+    reporters: list[Any],
+    out: Path,
+    device: torch.device,
+    here: distributed.World,
+    progress: ProgressBars,
+    warned: list[str],
+) -> Results:
+    torch.manual_seed(config.seed)
+    data = load_run_data(config, host)
+    split = data.split(config.split)
+    if config.n_per_class:
+        split = split.balanced_subset(config.n_per_class, config.seed)
+    model, card = prepare_model(config, data, host, device, progress)  # rank 0 trains first
+    config, memory = _fit_batch_to_budget(config, model, split, device)
+    store, read_only = open_store(config.store_path())
+    fingerprint = model.fingerprint()
+    ctx = RunContext(
+        config,
+        model,
+        data,
+        split,
+        device,
+        host,
+        store,
+        progress,
+        fingerprint,
+        store_read_only=read_only,
+    )
 
+    resolved = config.to_dict()
+    resolved["sample_indices"] = split.indices.tolist()
+    results = Results(
+        featrob=featrob.__version__,
+        config=resolved,
+        plugins=host.versions(),
+        errors=errors,
+        environment={
+            **environment(device),
+            "model_fingerprint": fingerprint,
+            "model_card": card,
+            "normalization": model.normalization.to_json(),
+            "world_size": here.size,
+            "memory": memory,
+        },
+        warnings=warned,  # the same list: warnings raised from now on land in results.json
+        status="running",
+        pending=[entry.name for entry in metrics],
+    )
+    if here.main:  # one results folder and one report, whatever the number of ranks
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(to_toml({k: v for k, v in config.to_dict().items()}))
+        results.save(out)  # status "running": a reader can tell partial results from final
+    try:
         if config.weights or model.pretrained:  # weights featrob did not train: check them
-            results.warnings += _checked(loaded_model_warnings, ctx, results.errors)
-        for line in results.warnings:
-            progress.log(f"warning: {line}")
+            for line in _checked(loaded_model_warnings, ctx, results.errors):
+                warn(line)
         results.errors += host.call("featrob_run_start", context=ctx)
         for entry in metrics:
             result = _run_metric(entry, ctx, progress)
             results.metrics[entry.name] = result
+            results.pending.remove(entry.name)
             results.errors += host.call(
                 "featrob_metric_result", name=entry.name, result=result, context=ctx
             )
             if here.main:
                 results.save(out)  # keep what is finished, whatever happens next
         results.errors += host.call("featrob_run_end", results=results, context=ctx)
-        for reporter_cls in reporters if here.main else []:
-            try:
-                reporter_cls().write(results, out)
-            except Exception as exc:
-                results.errors.append(
-                    f"reporter {reporter_cls.name!r} failed: {type(exc).__name__}: {exc}"
-                )
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a lost rank: say so in results.json
+        interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+        results.status = "interrupted" if interrupted else "failed"
+        if not interrupted:
+            results.errors.append(f"run failed: {type(exc).__name__}: {exc}")
         if here.main:
             results.save(out)
-        return results
+        raise
+    results.status = "complete"
+    for reporter_cls in reporters if here.main else []:
+        try:
+            reporter_cls().write(results, out)
+        except Exception as exc:
+            results.errors.append(
+                f"reporter {reporter_cls.name!r} failed: {type(exc).__name__}: {exc}"
+            )
+    if here.main:
+        results.save(out)
+    return results
+
+
+def open_store(path: Path | None) -> tuple[FeatureStore | None, bool]:
+    """The run's feature store and whether it is read-only (None: ``--store none``, or a
+    store that can neither be created nor read). A store that cannot be written is read,
+    and new rows stay in memory: said once, never a failure."""
+    if path is None:
+        return None, False
+    if store_writable(path):
+        return FeatureStore(path), False
+    if (path / MARKER).is_file():
+        warn(
+            f"feature store {path} is read-only: reusing what it holds, keeping new work in "
+            "memory (give a writable --store, or --store none)"
+        )
+        return FeatureStore(path), True
+    warn(
+        f"cannot create a feature store at {path}: nothing is reused or kept "
+        "(give a writable --store or FEATROB_HOME, or --store none)"
+    )
+    return None, False
 
 
 def _checked(check: Any, ctx: RunContext, errors: list[str]) -> list[str]:

@@ -251,3 +251,20 @@ def test_metric_rejects_bad_options():
         LayerCollisions(gamma=1.5)
     with pytest.raises(UnknownNameError, match="conv1"):
         LayerCollisions(**SMALL, layers=["conv11"]).compute(make_context())
+
+
+def test_a_layer_is_stored_in_blocks_as_they_finish(tmp_path):
+    """Issue 20: a layer's search was one batch (a kill lost the layer); now blocks of at
+    most BLOCK_PAIRS pairs are stored as they finish."""
+    from featrob_collision.distances import BLOCK_PAIRS
+    from featrob_collision.metric import LayerCollisions
+
+    from featrob.testing import make_context
+
+    options = {**SMALL, "per_class": 10, "layers": ["fc1"], "fab": False}
+    LayerCollisions(**options).compute(make_context(store=tmp_path / "s"))
+    (folder,) = [
+        p for p in (tmp_path / "s" / "entries").glob("*/*") if "fc1" in (p / "key.json").read_text()
+    ]
+    assert BLOCK_PAIRS == 32
+    assert len(list(folder.glob("chunk-*.h5"))) == 4  # 100 pairs: 32 + 32 + 32 + 4

@@ -87,7 +87,8 @@ def _write_idx_set(folder: Path, gz: bool, seed: int = 0) -> dict[str, np.ndarra
     rng = np.random.default_rng(seed)
     arrays = {
         "train-images-idx3-ubyte": _rng_images(12, (28, 28), seed),
-        "train-labels-idx1-ubyte": rng.integers(0, 10, 12).astype(np.uint8),
+        # every class in training, as load_dataset requires of test labels
+        "train-labels-idx1-ubyte": rng.permutation(np.arange(12) % 10).astype(np.uint8),
         "t10k-images-idx3-ubyte": _rng_images(5, (28, 28), seed + 1),
         "t10k-labels-idx1-ubyte": rng.integers(0, 10, 5).astype(np.uint8),
     }
@@ -329,6 +330,94 @@ def test_npz_errors_are_one_line(tmp_path, registry):
         sources.load_npz(str(path), classes=["only-one"])
 
 
+def _write_labelled_npz(path: Path, y_train, y_test, x_test=None) -> str:
+    x_train = _rng_images(len(y_train), (1, 4, 4), 1)
+    x_test = _rng_images(len(y_test), (1, 4, 4), 2) if x_test is None else x_test
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return f"npz:{path}"
+
+
+def _run_cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    from featrob.cli import create_app
+    from featrob.plugins import PluginHost
+
+    return CliRunner().invoke(create_app(lambda: PluginHost()), args)
+
+
+def test_one_class_data_set_is_one_line_error(tmp_path, registry):
+    """Every label the same: accuracy and robust accuracy would both read 1; refused."""
+    spec = _write_labelled_npz(tmp_path / "one.npz", [3] * 6, [3] * 4)
+    with pytest.raises(DataError) as exc:
+        load_dataset(spec, registry)
+    assert _assert_one_line(exc) == (
+        f"{spec}: all 10 samples have label 3; featrob needs at least two classes"
+    )
+    _write_pngs(tmp_path / "cats", {"cat": [(4, 4)] * 2})  # imagefolder: the class name too
+    with pytest.raises(DataError, match=r"have label 0 \('cat'\); .* at least two classes"):
+        load_dataset(f"imagefolder:{tmp_path / 'cats'}", registry)
+    # through the CLI: one line, no traceback, before any model is built
+    result = _run_cli(["run", "--dataset", spec, "--quiet", "--store", "none"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"featrob: error: {spec}: all 10 samples have label 3; featrob needs at least two classes"
+    ], result.output
+
+
+def test_test_labels_unseen_in_training_are_one_line_error(tmp_path, registry):
+    """A class the model never sees cannot be learnt; the error names labels and counts."""
+    spec = _write_labelled_npz(tmp_path / "x.npz", [0, 1, 2] * 3, [0, 1, 2] + [9] * 7)
+    with pytest.raises(DataError) as exc:
+        load_dataset(spec, registry)
+    assert _assert_one_line(exc).startswith(
+        f"{spec}: 7 test samples have label 9, which no training sample has; "
+    )
+    spec = _write_labelled_npz(tmp_path / "y.npz", [0, 1] * 3, [0, 1, 7, 9, 9])
+    with pytest.raises(DataError) as exc:
+        load_dataset(spec, registry, options={"classes": [str(i) for i in range(9)] + ["nine"]})
+    text = _assert_one_line(exc)
+    assert "3 test samples have labels 7 (1 sample), 9 ('nine') (2 samples)," in text
+    assert "drop them from the test split" in text
+    # an empty training split is evaluation-only: nothing to compare with
+    spec = _write_labelled_npz(tmp_path / "eval.npz", np.zeros(0, np.int64), [0, 1, 1])
+    assert load_dataset(spec, registry).num_classes == 2
+    _write_pngs(tmp_path / "f" / "train", {"cat": [(4, 4)], "dog": [(4, 4)]})
+    _write_pngs(tmp_path / "f" / "test", {"cat": [(4, 4)], "emu": [(4, 4)] * 2})
+    with pytest.raises(DataError, match=r"2 test samples have label 2 \('emu'\), which no"):
+        load_dataset(f"imagefolder:{tmp_path / 'f'}", registry)
+    result = _run_cli(["run", "--dataset", f"npz:{tmp_path / 'x.npz'}", "--store", "none"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "label 9" in result.stderr
+
+
+def test_npz_nan_and_inf_images_are_named(tmp_path, registry):
+    path = tmp_path / "nan.npz"
+    x_test = np.full((3, 1, 4, 4), 0.5, np.float32)
+    x_test[0, 0, 0] = np.nan  # 4 NaN values
+    x_test[1, 0, 1, 1] = -np.inf
+    spec = _write_labelled_npz(path, [0, 1, 2], [0, 1, 2], x_test=x_test)
+    with pytest.raises(DataError) as exc:
+        load_dataset(spec, registry)
+    assert _assert_one_line(exc) == (
+        f"x_test of {path}: holds 4 NaN values and 1 infinite value; "
+        "float images must be finite and lie in [0, 1]; store uint8 0..255"
+    )
+    x_test[:] = 0.5
+    x_test[2, 0, 0, 0] = np.nan
+    _write_labelled_npz(path, [0, 1, 2], [0, 1, 2], x_test=x_test)
+    with pytest.raises(DataError, match=r": holds 1 NaN value; float images must be finite"):
+        sources.load_npz(str(path))
+    x_test[:] = 255.0  # pixels 0..255 stored as floats: the range is named
+    x_test[0, 0, 0, 0] = 0.0
+    _write_labelled_npz(path, [0, 1, 2], [0, 1, 2], x_test=x_test)
+    with pytest.raises(DataError, match=r"must lie in \[0, 1\], got values in \[0, 255\]; st"):
+        sources.load_npz(str(path))
+    result = _run_cli(["run", "--dataset", spec, "--store", "none"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "255" in result.stderr
+
+
 # --------------------------------------------------------------------------- image folder
 
 
@@ -345,12 +434,12 @@ def _write_pngs(folder: Path, sizes: dict[str, list[tuple[int, int]]], mode="RGB
 
 
 def test_imagefolder_with_splits_reads_lazily(tmp_path, registry):
-    _write_pngs(tmp_path / "train", {"cat": [(6, 5)] * 2, "dog": [(6, 5)] * 3})
+    _write_pngs(tmp_path / "train", {"cat": [(6, 5)] * 2, "dog": [(6, 5)] * 3, "emu": [(6, 5)]})
     _write_pngs(tmp_path / "test", {"cat": [(6, 5)] * 3, "dog": [(6, 5)] * 2, "emu": [(6, 5)]})
     (tmp_path / "test" / ".ipynb_checkpoints").mkdir()
     bundle = load_dataset(f"imagefolder:{tmp_path}", registry)
     assert bundle.classes == ["cat", "dog", "emu"] and bundle.mean is None
-    assert bundle.test.labels.tolist() == [0, 0, 0, 1, 1, 2] and len(bundle.train) == 5
+    assert bundle.test.labels.tolist() == [0, 0, 0, 1, 1, 2] and len(bundle.train) == 6
     assert bundle.input_shape == (3, 6, 5)
     kept = bundle.test.subset([1, 5])
     (tmp_path / "test" / "cat" / "0.png").write_bytes(b"broken")  # not kept: never read

@@ -9,15 +9,18 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
+from featrob import store as store_module
 from featrob.errors import StoreError
 from featrob.extract import Extractor
-from featrob.store import MARKER, FeatureStore
+from featrob.store import CHECKSUM_ATTR, MARKER, FeatureStore
 from featrob.testing import tiny_dataset, tiny_model
 
 KEY = {"model": "m", "data": "d", "layer": "features", "perturbation": None}
@@ -62,6 +65,87 @@ def test_garbage_chunk_and_temp_files_are_not_trusted(tmp_path: Path):
     fresh = FeatureStore(tmp_path).entry(KEY)
     with pytest.warns(UserWarning, match="unreadable store chunk"):
         np.testing.assert_array_equal(fresh.indices(), [0, 1])
+
+
+def _tamper(chunk: Path, name: str = "distance", row: int = 1, value: float = 123.0) -> None:
+    """Change one value of a chunk in place; the file stays a valid, complete chunk."""
+    with h5py.File(chunk, "r+") as f:
+        f[name][row] = value
+
+
+def _checksum_warnings(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    return [w for w in caught if "checksum" in str(w.message)]
+
+
+def test_tampered_chunk_is_not_trusted_and_does_not_shadow_good_rows(tmp_path: Path):
+    entry = FeatureStore(tmp_path).entry(KEY)
+    bad = entry.write(np.array([0, 1, 2]), distance=np.array([0.5, 1.5, 2.5]))
+    entry.write(np.array([1, 2, 3]), distance=np.array([1.5, 2.5, 3.5]))  # overlaps rows 1, 2
+    _tamper(bad)
+    fresh = FeatureStore(tmp_path).entry(KEY)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        np.testing.assert_array_equal(fresh.missing([3, 2, 1, 0, 4]), [0, 4])
+        rows = fresh.read([1, 2, 3])  # the good chunk, as its verification read it
+        assert list(rows) == ["distance"]
+        np.testing.assert_array_equal(rows["distance"], [1.5, 2.5, 3.5])
+        with pytest.raises(KeyError):  # never rows of the failed chunk
+            fresh.read([0])
+        np.testing.assert_array_equal(fresh.indices(), [1, 2, 3])
+    (warning,) = _checksum_warnings(caught)  # one warning, one line, naming the chunk
+    assert str(warning.message) == (
+        f"store chunk {bad} failed its checksum (its values were changed); its rows are recomputed"
+    )
+    assert warning.filename == __file__  # it points at the caller of missing()
+    assert not bad.exists() and bad.with_name(f"bad-{bad.name}").exists()  # set aside
+    # the recomputed rows land in a new chunk (same name), trusted by this and later readers
+    fresh.write(np.array([0, 1, 2]), distance=np.array([0.5, 1.5, 2.5]))
+    np.testing.assert_array_equal(fresh.read([0, 1, 2])["distance"], [0.5, 1.5, 2.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        later = FeatureStore(tmp_path).entry(KEY)
+        np.testing.assert_array_equal(later.read([0, 1, 2, 3])["distance"], [0.5, 1.5, 2.5, 3.5])
+
+
+def test_chunk_without_checksum_is_trusted(tmp_path: Path):
+    entry = FeatureStore(tmp_path).entry(KEY)
+    chunk = entry.write(np.array([4, 5]), distance=np.array([4.0, 5.0]))
+    with h5py.File(chunk, "r+") as f:  # a chunk written before checksums existed
+        del f.attrs[CHECKSUM_ATTR]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = FeatureStore(tmp_path).entry(KEY)
+        assert len(old.missing([4, 5])) == 0
+        np.testing.assert_array_equal(old.read([5, 4])["distance"], [5.0, 4.0])
+
+
+def test_chunks_are_verified_once_and_only_when_their_rows_are_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    entry = FeatureStore(tmp_path).entry(KEY)
+    for start in (0, 10, 20):
+        entry.write(np.arange(start, start + 3), distance=np.arange(3.0))
+    hashed = []
+    checksum = store_module.chunk_checksum
+
+    def counting(indices, arrays):
+        hashed.append(int(indices[0]))
+        return checksum(indices, arrays)
+
+    monkeypatch.setattr(store_module, "chunk_checksum", counting)
+    entry.read([0, 21])  # chunks this entry object wrote are trusted
+    assert hashed == []
+    fresh = FeatureStore(tmp_path).entry(KEY)
+    fresh.missing([1, 2])
+    assert hashed == [0]  # only the chunk holding the rows asked for
+    np.testing.assert_array_equal(fresh.read([1, 2, 11], ["distance"])["distance"], [1, 2, 1])
+    fresh.missing([0, 10, 12])
+    assert hashed == [0, 10]  # each chunk once per entry object
+    fresh.indices()
+    assert hashed == [0, 10, 20]
+    monkeypatch.setattr(store_module, "VERIFY_CHECKSUMS", False)
+    FeatureStore(tmp_path).entry(KEY).read([0, 10, 20])
+    assert hashed == [0, 10, 20]  # switched off: nothing verified
 
 
 WRITER = textwrap.dedent(
@@ -176,6 +260,31 @@ def test_second_extractor_reads_everything_from_the_store(tmp_path: Path):
     third = CountingModel(tiny_model())
     _extractor(third, bigger, store).features(["features"])
     assert third.samples == len(bigger) - len(data.test)
+
+
+def test_tampered_chunk_rows_are_recomputed(tmp_path: Path):
+    data = tiny_dataset()
+    store = FeatureStore(tmp_path)
+    feats = _extractor(tiny_model(), data.test, store).features(["features"])
+    key = next(k for k in store.entry_keys() if k["layer"] == "fc1")
+    chunk = sorted(store.entry(key).path.glob("chunk-*.h5"))[2]
+    with h5py.File(chunk, "r") as f:
+        rows = len(f["indices"])
+    _tamper(chunk, "values", row=0, value=1e6)
+    second = CountingModel(tiny_model())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = _extractor(second, data.test, FeatureStore(tmp_path)).features(["features"])
+    (warning,) = _checksum_warnings(caught)
+    assert str(chunk) in str(warning.message) and "\n" not in str(warning.message)
+    assert second.samples == rows  # only the tampered chunk's rows were recomputed
+    torch.testing.assert_close(again["features"].values, feats["features"].values)
+    third = CountingModel(tiny_model())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*store chunk")
+        later = _extractor(third, data.test, FeatureStore(tmp_path)).features(["features"])
+    assert third.samples == 0  # the recomputed rows were stored, and are trusted
+    torch.testing.assert_close(later["features"].values, feats["features"].values)
 
 
 def test_failed_attack_batch_keeps_finished_batches(tmp_path: Path):

@@ -50,6 +50,8 @@ def render_markdown(results: Results) -> str:
         + ", ".join(f"{_md(k)} {_md(v)}".strip() for k, v in sorted(results.plugins.items())),
         "",
     ]
+    if results.status_line:
+        lines.append(f"> **{_md(results.status_line)}**")
     for line in results.warnings:
         lines.append(f"> **warning:** {_md(line)}")
     for err in results.errors:

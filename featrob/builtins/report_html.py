@@ -71,6 +71,8 @@ def render_html(results: Results) -> str:
         )
         + "</nav>",
     ]
+    if results.status_line:
+        parts.append(f'<p class="failed">{escape(results.status_line)}</p>')
     for line in results.warnings:
         parts.append(f'<p class="warning">warning: {escape(line)}</p>')
     for err in results.errors:

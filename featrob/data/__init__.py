@@ -63,7 +63,9 @@ def load_dataset(
     Raises:
         UnknownNameError: no loader of that name; the message lists close matches.
         ConfigError: options the loader does not accept, or a bad ``n_per_class``.
-        DataError: the data is missing or malformed.
+        DataError: the data is missing or malformed, has fewer than two classes, or has
+            test labels that no training sample has (see
+            :meth:`DatasetBundle.check_classes`).
     """
     name, arg = split_spec(spec)
     loader = registry.get(name)
@@ -76,6 +78,7 @@ def load_dataset(
             f"data-set loader {name!r} returned {type(bundle).__name__}, not a DatasetBundle"
         )
     bundle.spec = spec.strip()
+    bundle.check_classes()
     if n_per_class is not None:
         if isinstance(n_per_class, bool) or not isinstance(n_per_class, int):
             raise ConfigError(f"n_per_class must be a positive integer, got {n_per_class!r}")

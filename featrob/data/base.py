@@ -21,6 +21,9 @@ from featrob.errors import ConfigError, DataError
 #: Loads uint8 images ``[n, C, H, W]`` for the given source indices.
 ImageLoader = Callable[[np.ndarray], Tensor]
 
+#: How many unseen test labels a :class:`DataError` lists before it summarises the rest.
+_MAX_LISTED = 8
+
 
 class DataSplit:
     """One split (``train`` or ``test``) of a data set.
@@ -151,6 +154,58 @@ class DatasetBundle:
     def input_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one image."""
         return self.test.image_shape
+
+    def check_classes(self) -> None:
+        """Check that the labels make a classification problem featrob can train and attack.
+
+        A model cannot learn a class it never sees, and with a single class every prediction
+        is right, so accuracy and robust accuracy would both read 1 whatever the model.
+
+        Raises:
+            DataError: the labels of both splits hold fewer than two classes, or test labels
+                occur that no sample of a non-empty training split has (an absent or empty
+                training split is an evaluation-only data set and is not compared).
+        """
+        test = self.test.labels
+        train = self.train.labels if self.train is not None else test[:0]
+        found = torch.unique(torch.cat([train, test]))
+        if len(found) == 1:
+            n = len(train) + len(test)
+            raise DataError(
+                f"{self.spec}: all {n} samples have label {self._label_text(int(found[0]))}; "
+                "featrob needs at least two classes"
+            )
+        if not len(train):
+            return
+        unseen = ~torch.isin(test, torch.unique(train))
+        if not bool(unseen.any()):
+            return
+        labels, counts = torch.unique(test[unseen], return_counts=True)
+        total = int(counts.sum())
+        samples = f"{total} test sample{'s have' if total != 1 else ' has'}"
+        if len(labels) == 1:
+            which = f"label {self._label_text(int(labels[0]))}"
+            fix = "add training samples of that class or drop it from the test split"
+        else:
+            pairs = list(zip(labels.tolist(), counts.tolist(), strict=True))
+            shown = [
+                f"{self._label_text(lab)} ({c} sample{'s' if c != 1 else ''})"
+                for lab, c in pairs[:_MAX_LISTED]
+            ]
+            if len(labels) > _MAX_LISTED:
+                shown.append(f"... ({len(labels) - _MAX_LISTED} more)")
+            which = f"labels {', '.join(shown)}"
+            fix = "add training samples of those classes or drop them from the test split"
+        raise DataError(
+            f"{self.spec}: {samples} {which}, which no training sample has; a model cannot "
+            f"learn a class it never sees: {fix}"
+        )
+
+    def _label_text(self, label: int) -> str:
+        """``label``, with its class name when that says more (``2 ('emu')``)."""
+        if 0 <= label < len(self.classes) and self.classes[label] != str(label):
+            return f"{label} ({self.classes[label]!r})"
+        return str(label)
 
     @property
     def num_classes(self) -> int:

@@ -206,6 +206,21 @@ def _resize(x: np.ndarray, hw: tuple[int, int] | None) -> np.ndarray:
     return out.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+_FLOAT_RULE = "float images must be finite and lie in [0, 1]; store uint8 0..255"
+
+
+def _non_finite_counts(x: np.ndarray) -> str:
+    """``"holds 12 NaN values and 1 infinite value"``: what makes float images not finite."""
+    parts = []
+    for count, kind in (
+        (np.count_nonzero(np.isnan(x)), "NaN"),
+        (np.count_nonzero(np.isinf(x)), "infinite"),
+    ):
+        if count:
+            parts.append(f"{count} {kind} value{'s' if count != 1 else ''}")
+    return f"holds {' and '.join(parts)}"
+
+
 def _as_nchw_uint8(x: np.ndarray, what: str) -> np.ndarray:
     """Images in one of the accepted layouts as uint8 NCHW, or a one-line DataError."""
     if x.ndim == 3:
@@ -217,8 +232,13 @@ def _as_nchw_uint8(x: np.ndarray, what: str) -> np.ndarray:
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if x.dtype.kind == "f":
-        if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
-            raise DataError(f"{what}: float images must lie in [0, 1]; store uint8 0..255")
+        if x.size and not np.isfinite(x).all():
+            raise DataError(f"{what}: {_non_finite_counts(x)}; {_FLOAT_RULE}")
+        if x.size and not (x.min() >= 0.0 and x.max() <= 1.0):
+            raise DataError(
+                f"{what}: float images must lie in [0, 1], got values in "
+                f"[{float(x.min()):g}, {float(x.max()):g}]; store uint8 0..255"
+            )
         return np.ascontiguousarray(np.rint(x * 255.0).astype(np.uint8))
     raise DataError(f"{what}: images must be uint8 (0..255) or float in [0, 1], got {x.dtype}")
 

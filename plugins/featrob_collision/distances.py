@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from featrob import FeatrobModel, RunContext
 
 FIELDS = ("distance", "objective", "residual", "iterations", "converged")
+#: Most pairs in one stored block (searches are independent per pair: blocks change nothing
+#: but how much a killed run loses).
+BLOCK_PAIRS = 32
 
 
 @dataclass
@@ -118,7 +121,9 @@ def layer_distances(
         entry_params(params, layer, m, count, config),
         pair_keys,
         closed_form if exact else search,
-        batch_size=None if exact else max(1, batch_searches // n_proj),
+        # blocks of at most BLOCK_PAIRS pairs: each is stored as it finishes, so a killed
+        # search resumes at the next block, not at the start of the layer
+        batch_size=None if exact else max(1, min(batch_searches // n_proj, BLOCK_PAIRS)),
         label=f"collision search {layer}",
         precision=False,  # the search runs in float32 whatever --amp says
     )
