@@ -108,6 +108,10 @@ def add_run_command(
                 help="Memory budget, e.g. 4GiB: chunk sizes are chosen to fit it.",
             ),
         ] = None,
+        threads: Annotated[
+            int | None,
+            typer.Option("--threads", help="CPU threads (default: chosen from the work)."),
+        ] = None,
         report: Annotated[
             str | None, typer.Option("--report", help="Comma-separated reporters, e.g. json,md.")
         ] = None,
@@ -147,6 +151,7 @@ def add_run_command(
             seed=seed,
             batch_size=batch_size,
             max_memory=max_memory,
+            threads=threads,
             channels_last=channels_last,
             reports=report.split(",") if report else None,
             quiet=quiet,

@@ -128,6 +128,8 @@ class RunConfig:
             batches, sensitivity replicas, collision searches) are chosen from the measured
             per-input cost so that each pass fits it (:mod:`featrob.memory`); None keeps
             ``batch_size`` and the metrics' own defaults.
+        threads: CPU threads for torch; None chooses them from the work and the CPUs this
+            process may use (:mod:`featrob.threads`); ``OMP_NUM_THREADS`` also sets them.
         reports: reporter names (results.json is written whatever they are).
         quiet: no progress bars.
         train: training settings.
@@ -160,6 +162,7 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 256
     max_memory: str | None = None
+    threads: int | None = None
     reports: list[str] = field(default_factory=lambda: ["json", "md", "html"])
     quiet: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -302,6 +305,10 @@ def _validate(cfg: RunConfig) -> RunConfig:
     for key in ("batch_size",):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
+    if cfg.threads is not None and (
+        isinstance(cfg.threads, bool) or not isinstance(cfg.threads, int) or cfg.threads < 1
+    ):
+        raise ConfigError(f"threads must be a positive integer, got {cfg.threads!r}")
     if cfg.max_memory is not None:
         cfg.max_memory = str(cfg.max_memory)
         parse_size(cfg.max_memory)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,14 +222,20 @@ def prepare_model(
     host: PluginHost,
     device: torch.device,
     progress: ProgressBars,
+    on_built: Callable[[FeatrobModel], object] | None = None,
 ) -> tuple[FeatrobModel, dict[str, Any]]:
     """The run's model in eval mode on ``device``, and its card.
+
+    ``on_built(model)`` runs once the architecture is built, before any training or loading
+    (the runner sizes its CPU threads there, on the real model).
 
     With ``weights`` the checkpoint is loaded. Without, the model is trained with
     ``config.train`` and cached under ``$FEATROB_HOME/models`` keyed by everything that
     determines it, so the next identical run loads it.
     """
     model = build(config, data, host)
+    if on_built is not None:
+        on_built(model)
     if config.weights:
         card = load_weights(model, config.weights)
         apply_normalization(model, config, data, card=card, weights=config.weights)

@@ -41,6 +41,7 @@ from featrob.results import MetricResult, Results
 from featrob.run_warnings import collected, warn
 from featrob.specs import parse_size, split_spec
 from featrob.store import MARKER, FeatureStore
+from featrob.threads import ThreadChoice, choose_threads
 
 
 def select_metrics(config: RunConfig, host: PluginHost) -> tuple[list[Entry[Any]], list[str]]:
@@ -177,10 +178,14 @@ def run(
         device = distributed.local_device(device)
         progress = progress or ProgressBars(quiet=config.quiet or not here.main)
         log = progress.log if here.main else (lambda _line: None)
-        with collected(warned, log):
-            return _run(
-                config, host, metrics, errors, reporters, out, device, here, progress, warned
-            )
+        threads = torch.get_num_threads()  # the run chooses its own; the caller's come back
+        try:
+            with collected(warned, log):
+                return _run(
+                    config, host, metrics, errors, reporters, out, device, here, progress, warned
+                )
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _run(
@@ -200,7 +205,14 @@ def _run(
     split = data.split(config.split)
     if config.n_per_class:
         split = split.balanced_subset(config.n_per_class, config.seed)
-    model, card = prepare_model(config, data, host, device, progress)  # rank 0 trains first
+    chosen: list[ThreadChoice] = []
+
+    def size_threads(built: torch.nn.Module) -> None:  # before training: it runs on them too
+        probe = split.float_images(torch.arange(min(len(split), config.batch_size, 32)))
+        chosen.append(choose_threads(built.eval(), probe, device, config.threads))
+
+    # rank 0 trains first
+    model, card = prepare_model(config, data, host, device, progress, on_built=size_threads)
     config, memory = _fit_batch_to_budget(config, model, split, device)
     store, read_only = open_store(config.store_path())
     fingerprint = model.fingerprint()
@@ -231,6 +243,7 @@ def _run(
             "normalization": model.normalization.to_json(),
             "world_size": here.size,
             "memory": memory,
+            "thread_choice": chosen[0].to_json() if chosen else None,
         },
         warnings=warned,  # the same list: warnings raised from now on land in results.json
         status="running",

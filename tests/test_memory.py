@@ -50,7 +50,10 @@ def test_measured_footprint_is_at_least_the_saved_one_and_grows_with_activations
     x = torch.rand(2, 3, 32, 32)
     small = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten())
     wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Flatten())
-    a, b = footprint(small, x, state_tensors=0), footprint(wide, x, state_tensors=0)
+    # a measured peak can only err upwards (an unrelated allocation inside the window, seen
+    # on a loaded machine): the smallest of three measurements is the footprint
+    a = min((footprint(small, x, state_tensors=0) for _ in range(3)), key=lambda f: f.per_input)
+    b = footprint(wide, x, state_tensors=0)
     assert a.per_input >= saved_footprint(small, x).per_input
     assert b.per_input >= saved_footprint(wide, x).per_input > 4 * a.per_input / 2
 
