@@ -258,7 +258,9 @@ def _run(
             for line in _checked(loaded_model_warnings, ctx, results.errors):
                 warn(line)
         results.errors += host.call("featrob_run_start", context=ctx)
-        for entry in metrics:
+        started = time.perf_counter()
+        for i, entry in enumerate(metrics):
+            progress.log(run_progress_line(i, len(metrics), entry.name, results, started))
             result = _run_metric(entry, ctx, progress)
             results.metrics[entry.name] = result
             results.pending.remove(entry.name)
@@ -345,8 +347,25 @@ def _fit_batch_to_budget(
     return dataclasses.replace(config, batch_size=batch), memory
 
 
+def run_progress_line(i: int, n: int, name: str, results: Results, started: float) -> str:
+    """``metric 3/8 compression · 0:42 elapsed · about 1:10 left``: the run-level progress
+    line printed above each metric's own bars (the estimate: the finished metrics' mean
+    time for each one left; none before the first has finished)."""
+    elapsed = time.perf_counter() - started
+    line = f"metric {i + 1}/{n} {name} · {_clock(elapsed)} elapsed"
+    done = [m.duration_s for m in results.metrics.values()]
+    if done:
+        line += f" · about {_clock(sum(done) / len(done) * (n - i))} left"
+    return line
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def _run_metric(entry: Entry[Any], ctx: RunContext, progress: ProgressBars) -> MetricResult:
-    progress.log(f"metric {entry.name}")
     start = time.perf_counter()
     try:
         metric = entry.obj(**ctx.options(entry.name))

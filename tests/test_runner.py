@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,31 @@ def test_channels_last_gives_the_default_results(tmp_path):
     reference, _ = prepare_model(default, data, host, cpu, Reporter(quiet=True))
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_run_level_progress_line(tmp_path: Path):
+    from featrob.runner import run_progress_line
+
+    results = Results(featrob="x", config={}, plugins={})
+    first = run_progress_line(0, 4, "collision", results, started=time.perf_counter())
+    assert first == "metric 1/4 collision · 0:00 elapsed"
+    results.metrics["collision"] = MetricResult(duration_s=30.0)
+    results.metrics["compression"] = MetricResult(duration_s=90.0)
+    line = run_progress_line(2, 4, "msa", results, started=time.perf_counter() - 125)
+    assert line == "metric 3/4 msa · 2:05 elapsed · about 2:00 left"  # 60 s mean x 2 left
+
+
+def test_quiet_runs_print_no_progress(tmp_path: Path, capsys):
+    featrob.run({**FAST, "plugins": ["accuracy"], "out": str(tmp_path / "o"), "store": "none"})
+    assert "metric 1/2" not in capsys.readouterr().err
+    featrob.run(
+        {
+            **FAST,
+            "quiet": False,
+            "plugins": ["accuracy"],
+            "out": str(tmp_path / "p"),
+            "store": "none",
+        }
+    )
+    err = capsys.readouterr().err
+    assert "metric 1/2 clean_accuracy" in err and "metric 2/2 robust_accuracy" in err
