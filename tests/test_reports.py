@@ -146,6 +146,11 @@ def _html_results() -> Results:
     results.metrics["mine"].figures = {**_figure_zoo(), "broken": Figure("pie", [{"x": [1]}])}
     results.metrics["mine"].tables["per class"][0]["class"] = "<script>alert('x')</script>"
     results.metrics["mine"].warnings = ["<img src=x onerror=alert(1)>"]
+    # what made the default run's page 2,944 px wide and 57 screens tall
+    wide = {f"column {j}": "a long cell value " * 3 for j in range(40)}
+    results.metrics["mine"].tables["wide"] = [dict(wide) for _ in range(3)]
+    results.metrics["mine"].tables["long"] = [{"i": i, "v": i / 2} for i in range(100)]
+    results.metrics["mine"].summary.update({f"layer.key{k}": k / 3 for k in range(60)})
     return results
 
 
@@ -176,20 +181,44 @@ def test_html_renders_in_headless_chromium_without_errors(tmp_path: Path):
     window.addEventListener('load', () => {
       const imgs = Array.from(document.images);
       const bad = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;
-      document.body.setAttribute('data-check',
-        JSON.stringify({images: imgs.length, bad: bad, errors: window.__errors}));
+      const links = Array.from(document.querySelectorAll('nav a, a.top'));
+      const unreachable = links.filter(a => !document.getElementById(a.hash.slice(1))).length;
+      const wider = document.documentElement.scrollWidth > window.innerWidth;
+      document.body.setAttribute('data-check', JSON.stringify({images: imgs.length, bad: bad,
+        errors: window.__errors, wider: wider, links: links.length > 2, unreachable}));
     });
     </script>"""
     checked = tmp_path / "checked.html"
     checked.write_text(path.read_text().replace("<head>", "<head>" + probe, 1))
     proc = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+         "--window-size=1280,900",
          "--enable-logging=stderr", "--v=0", "--dump-dom", checked.as_uri()],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     match = re.search(r"data-check=\"([^\"]*)\"", proc.stdout)
     assert match, proc.stdout[-2000:] + proc.stderr[-2000:]
     check = json.loads(html.unescape(match.group(1)))
-    assert check == {"images": len(_figure_zoo()), "bad": 0, "errors": []}
+    assert check == {
+        "images": len(_figure_zoo()),
+        "bad": 0,
+        "errors": [],
+        "wider": False,  # the page never scrolls sideways at 1,280 px: wide tables scroll inside
+        "links": True,
+        "unreachable": 0,  # every entry of the contents and every "top" link has its target
+    }
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
     assert not console, console
+
+
+def test_html_folds_long_tables_and_summaries_and_has_sticky_contents(tmp_path: Path):
+    from featrob.builtins.report_html import FOLD_ROWS, HEADLINE_KEYS, HtmlReporter
+
+    (path,) = HtmlReporter().write(_html_results(), tmp_path)
+    text = path.read_text()
+    assert "<details><summary>100 rows</summary>" in text  # the long table, folded
+    summary = _html_results().metrics["mine"].summary
+    assert f"<details><summary>{len(summary) - HEADLINE_KEYS} more summary values</summary>" in text
+    assert text.count('<div class="scroll">') >= 3 and FOLD_ROWS < 100
+    assert "position: sticky" in text and '<nav class="toc">' in text
+    assert text.count('href="#top"') >= 2

@@ -20,6 +20,10 @@ from featrob.results import Figure, MetricResult, Results
 
 #: Rows shown per table (the rest are in results.json and the csv report).
 MAX_ROWS = 200
+#: Tables longer than this, and summaries with more keys, are folded (``<details>``).
+FOLD_ROWS = 12
+#: Summary keys shown unfolded: the metric's headline numbers.
+HEADLINE_KEYS = 8
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -31,7 +35,15 @@ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: ta
 .failed { background: #fde8e8; border-left: 4px solid #c00; padding: .4em .8em; }
 pre { background: #f6f6f6; padding: .6em; overflow-x: auto; font-size: .8em; }
 figure { display: inline-block; margin: .5em; } figcaption { font-size: .8em; color: #555; }
-.ok { color: #080; } .err { color: #c00; } nav a { margin-right: 1em; }
+.ok { color: #080; } .err { color: #c00; }
+nav.toc { position: sticky; top: 0; z-index: 1; background: #fff; padding: .4em 0;
+  border-bottom: 1px solid #ddd; overflow-x: auto; white-space: nowrap; }
+nav.toc a { margin-right: 1em; }
+.scroll { max-width: 100%; max-height: 32em; overflow: auto; margin: .5em 0 1em; }
+.scroll table { margin: 0; }
+img { max-width: 100%; height: auto; }
+details > summary { cursor: pointer; color: #444; margin: .3em 0; }
+a.top { font-size: .8em; }
 """
 
 
@@ -55,8 +67,9 @@ def render_html(results: Results) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>featrob report: {escape(str(cfg.get('model')))}</title>",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<style>{CSS}</style></head><body>",
-        "<h1>featrob report</h1>",
+        '<h1 id="top">featrob report</h1>',
         "<p>model <code>"
         + escape(str(cfg.get("model")))
         + "</code>, data <code>"
@@ -65,11 +78,11 @@ def render_html(results: Results) -> str:
         + escape(threat)
         + "</p>",
         f"<p>{escape(results.normalization_line)}</p>" if results.normalization_line else "",
-        "<nav>"
+        '<nav class="toc">'
         + "".join(
             f'<a href="#metric-{i}">{escape(name)}</a>' for i, name in enumerate(results.metrics)
         )
-        + "</nav>",
+        + '<a href="#run">run</a></nav>',
     ]
     if results.status_line:
         parts.append(f'<p class="failed">{escape(results.status_line)}</p>')
@@ -80,12 +93,13 @@ def render_html(results: Results) -> str:
     for i, (name, metric) in enumerate(results.metrics.items()):
         parts.append(_metric_section(i, name, metric))
     parts += [
-        "<h2>Run</h2>",
+        '<h2 id="run">Run</h2>',
         _key_values({"featrob": results.featrob, **results.plugins}, "versions"),
         "<h3>Environment</h3>",
         f"<pre>{escape(json.dumps(results.to_json()['environment'], indent=1))}</pre>",
         "<h3>Resolved config</h3>",
         f"<pre>{escape(json.dumps(results.to_json()['config'], indent=1))}</pre>",
+        '<p><a class="top" href="#top">back to the top</a></p>',
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -102,19 +116,30 @@ def _metric_section(i: int, name: str, metric: MetricResult) -> str:
         return "\n".join(out)
     for warning in metric.warnings:
         out.append(f'<p class="warning">{escape(warning)}</p>')
-    if metric.summary:
-        out.append(_key_values(metric.summary, "summary"))
-    for table, rows in metric.tables.items():
-        out.append(f"<h3>{escape(table)}</h3>")
-        out.append(_table(rows))
+    if metric.summary:  # the headline numbers, the rest folded
+        keys = list(metric.summary)
+        out.append(_key_values({k: metric.summary[k] for k in keys[:HEADLINE_KEYS]}, "summary"))
+        if len(keys) > HEADLINE_KEYS:
+            rest = {k: metric.summary[k] for k in keys[HEADLINE_KEYS:]}
+            out.append(_folded(f"{len(rest)} more summary values", _key_values(rest, "summary")))
     for fig_name, fig in metric.figures.items():
         out.append(_figure(fig_name, fig))
+    for table, rows in metric.tables.items():
+        out.append(f"<h3>{escape(table)}</h3>")
+        body = _table(rows)
+        out.append(_folded(f"{len(rows)} rows", body) if len(rows) > FOLD_ROWS else body)
+    out.append('<p><a class="top" href="#top">back to the top</a></p>')
     return "\n".join(out)
+
+
+def _folded(label: str, html: str) -> str:
+    """``html`` folded under a one-line ``<summary>``."""
+    return f"<details><summary>{escape(label)}</summary>{html}</details>"
 
 
 def _key_values(values: dict[str, Any], caption: str) -> str:
     rows = "".join(f"<tr><th>{escape(str(k))}</th>{_cell(v)}</tr>" for k, v in values.items())
-    return f'<table aria-label="{escape(caption)}">{rows}</table>'
+    return f'<div class="scroll"><table aria-label="{escape(caption)}">{rows}</table></div>'
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -128,7 +153,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     more = (
         f"<p>({len(rows) - MAX_ROWS} more rows in results.json)</p>" if len(rows) > MAX_ROWS else ""
     )
-    return f"<table><tr>{head}</tr>{body}</table>{more}"
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>{more}'
 
 
 def _cell(value: Any) -> str:
