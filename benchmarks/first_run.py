@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_json
+
 
 def _one(args: list[str], home: Path, out: Path) -> dict[str, Any]:
     env = {**os.environ, "FEATROB_HOME": str(home)}
@@ -65,12 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     """Print the measurement (and write it as JSON with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--args", default="", help="featrob run arguments (default: none)")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     out = measure(args.args)
     print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     return 0
 
 

@@ -26,6 +26,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from benchmarks.common import write_json
+
 
 def _args(n_per_class: int, steps: int, batch: int) -> list[str]:
     return [
@@ -99,12 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-per-class", type=int, default=30)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     out = measure(args.n_per_class, args.steps, args.batch_size)
     print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     return 0
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import write_json
 from featrob.threads import available_cpus
 
 DEFAULT_ARGS = ""  # the default run: every installed metric, default settings
@@ -98,12 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--args", default=DEFAULT_ARGS, help="featrob run arguments")
     parser.add_argument("--repeats", type=int, default=1, help="runs per row (fastest kept)")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     out = measure(args.args, args.repeats)
     print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    write_json(args.json, out)
     return 0
 
 

@@ -77,11 +77,12 @@ class Lease:
         if age > self.timeout_s:
             return True
         if owner.get("host") == platform.node() and isinstance(owner.get("pid"), int):
-            return not _alive(owner["pid"])
+            return not process_alive(owner["pid"])
         return False
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (True when it is someone else's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from featrob.errors import ConfigError
+from featrob.leases import process_alive
 
 SUMMARY_TYPES = (int, float, str, bool, type(None))
 
@@ -285,10 +286,4 @@ def _process_alive(environment: dict[str, Any]) -> bool:
     pid, host = environment.get("pid"), environment.get("hostname")
     if not isinstance(pid, int) or host != platform.node():
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
+    return process_alive(pid)
