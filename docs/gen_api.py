@@ -21,7 +21,17 @@ TARGET = HERE / "api.md"
 #: Sections of the reference: title -> public names, in reading order.
 SECTIONS: dict[str, list[str]] = {
     "Writing a plugin": ["hookimpl", "get_plugin_manager", "PluginHost"],
-    "Metrics and results": ["Metric", "MetricResult", "Figure", "Results", "results_schema"],
+    "Metrics and results": [
+        "Metric",
+        "MetricResult",
+        "Figure",
+        "Finding",
+        "Results",
+        "results_schema",
+        "BUDGETS",
+        "Passes",
+        "PlanInfo",
+    ],
     "The run a metric sees": ["RunContext", "FeatureSet", "CachedRows"],
     "Models and heads": [
         "FeatrobModel",

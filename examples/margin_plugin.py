@@ -10,7 +10,22 @@ or package it with an entry point (see README, "Write a plugin").
 from __future__ import annotations
 
 import featrob
-from featrob import Figure, Metric, MetricResult, margin_loss
+from featrob import Figure, Finding, Metric, MetricResult, margin_loss
+
+
+def margin_findings(median: float, share_below: float, threshold: float) -> list[Finding]:
+    """The plain-language answer, built from the numbers (reports rank it with the others)."""
+    if median != median or share_below != share_below:  # NaN: nothing to say
+        return []
+    return [
+        Finding(
+            text=f"{share_below:.0%} of the samples have a clean logit margin below "
+            f"{threshold:g} (median margin {median:.2f}).",
+            score=0.2 + 0.4 * share_below,  # in [0, 1]: 1 is the run's headline answer
+            values={"share_below": share_below, "median_margin": median},
+            figure="margins",  # report.html links the sentence to this figure
+        )
+    ]
 
 
 class LogitMargin(Metric):
@@ -24,10 +39,12 @@ class LogitMargin(Metric):
         clean = ctx.features("logits")  # computed once, shared through the feature store
         margin = -margin_loss(clean.logits, clean.labels)  # positive when correct
         threshold = self.options["threshold"]
+        median = float(margin.median())
+        share_below = float((margin < threshold).float().mean())
         return MetricResult(
             summary={
-                "median_margin": float(margin.median()),
-                "share_below_threshold": float((margin < threshold).float().mean()),
+                "median_margin": median,
+                "share_below_threshold": share_below,
                 "threshold": threshold,
             },
             arrays={"margin": margin.numpy(), "indices": ctx.indices.numpy()},
@@ -42,6 +59,7 @@ class LogitMargin(Metric):
                     ],
                 )
             },
+            findings=margin_findings(median, share_below, threshold),
         )
 
 

@@ -30,7 +30,11 @@ _LAZY = {
     "MetricResult": "featrob.results",
     "Results": "featrob.results",
     "Figure": "featrob.results",
+    "Finding": "featrob.results",
     "results_schema": "featrob.results",
+    "Passes": "featrob.plan",
+    "PlanInfo": "featrob.plan",
+    "BUDGETS": "featrob.budgets",
     # the run a metric sees
     "RunContext": "featrob.context",
     "FeatureSet": "featrob.extract",

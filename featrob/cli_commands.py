@@ -83,6 +83,15 @@ def add_run_command(
                 "--attack", "-a", help="Attack spec, e.g. pgd or 'pgd(steps=20)' (repeatable)."
             ),
         ] = None,
+        budget: Annotated[
+            str | None,
+            typer.Option(
+                "--budget",
+                "-b",
+                help="quick (default: about a minute; robust accuracy an upper bound), "
+                "standard (AutoAttack's standard version) or paper (the papers' settings).",
+            ),
+        ] = None,
         eps: EpsOpt = None,
         norm: NormOpt = None,
         out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder.")] = None,
@@ -120,12 +129,16 @@ def add_run_command(
         quiet: QuietOpt = False,
         check: Annotated[
             bool,
-            typer.Option("--check", help="Only validate the config (names, options); no run."),
+            typer.Option(
+                "--check",
+                help="Validate the config and print the plan (data, attacks, passes per "
+                "metric); no training, no attack.",
+            ),
         ] = False,
     ) -> None:
         """Analyse a model: run every selected metric and write a report folder."""
         from featrob.distributed import launched
-        from featrob.runner import check_config, run
+        from featrob.runner import run
         from featrob.specs import parse_fraction
 
         flags = _overrides(
@@ -142,6 +155,7 @@ def add_run_command(
             split=split,
             n_per_class=n_per_class,
             attacks=attack,
+            budget=budget,
             eps=parse_fraction(eps) if eps is not None else None,
             norm=norm,
             out=out,
@@ -158,8 +172,7 @@ def add_run_command(
         )
         cfg = RunConfig.load(config, flags, set_)
         if check:
-            names = check_config(cfg, host_factory())
-            typer.echo(f"config ok: {len(names)} metrics ({', '.join(names)})")
+            _check_and_plan(cfg, host_factory())
             return
         with _sigterm_interrupts():  # results.json then says "interrupted"
             results = run(cfg, host=host_factory())
@@ -171,6 +184,26 @@ def add_run_command(
                 typer.echo(f"featrob: rank {here.rank}: {line}", err=True)
         if results.failed:
             raise typer.Exit(1)
+
+
+def _check_and_plan(cfg: RunConfig, host: PluginHost) -> None:
+    """``featrob run --check``: names and options first (a typo costs a second), then the
+    plan, which loads the data and builds the model's architecture (data or weights that
+    are not there yet leave the config valid: one ``no plan: ...`` line)."""
+    from featrob.plan import format_plan
+    from featrob.run_plan import plan_info, plan_rows
+    from featrob.runner import check_config
+
+    names = check_config(cfg, host)
+    typer.echo(f"config ok: {len(names)} metrics ({', '.join(names)})")
+    metrics = [host.metrics.entry(name) for name in names]  # plugins are loaded by now
+    try:  # the config is fine; without the data or the model there is only no plan
+        info = plan_info(cfg, host)
+    except Exception as exc:
+        typer.echo(f"no plan: {exc}")
+        return
+    for line in format_plan(info, plan_rows(cfg, metrics, info)):
+        typer.echo(line)
 
 
 def add_report_command(
@@ -228,6 +261,7 @@ def _print_summary(results: Any, out: Path) -> None:
             for k, v in list(metric.summary.items())[:6]
         ]
         table.add_row(escape(name), "ok", escape(", ".join(parts)), f"{metric.duration_s:.1f}s")
+    _print_findings(console, results)
     if results.normalization_line:
         console.print(
             f"model {escape(str(results.config.get('model')))}: "
@@ -241,6 +275,28 @@ def _print_summary(results: Any, out: Path) -> None:
     for err in results.errors:
         console.print(f"[red]error:[/red] {escape(err)}")
     console.print(f"report: {out.resolve()}")
+
+
+#: Findings the terminal summary shows (the reports have all of them).
+TERMINAL_FINDINGS = 6
+
+
+def _print_findings(console: Console, results: Any) -> None:
+    """The top-ranked findings, first in the terminal summary (nothing when there are none)."""
+    from rich.markup import escape
+
+    found = results.findings
+    if not found:
+        return
+    console.print("[bold]Findings[/bold]")
+    grid = Table.grid(padding=(0, 1))  # numbered, wrapped lines indented under their text
+    grid.add_column(justify="right")
+    grid.add_column()
+    for k, (name, finding) in enumerate(found[:TERMINAL_FINDINGS], 1):
+        grid.add_row(f"{k}.", f"{escape(finding.text)} [dim]({escape(name)})[/dim]")
+    if len(found) > TERMINAL_FINDINGS:
+        grid.add_row("", f"({len(found) - TERMINAL_FINDINGS} more in the report)")
+    console.print(grid)
 
 
 def add_train_command(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from featrob.budgets import BUDGETS, budget_attacks
 from featrob.errors import ConfigError
 from featrob.specs import parse_fraction, parse_norm, parse_size, parse_value
 
@@ -109,8 +110,13 @@ class RunConfig:
             download it, loader options.
         split: the split that metrics analyse (``test`` or ``train``).
         n_per_class: balanced per-class subsample of that split.
+        budget: ``quick`` (default), ``standard`` or ``paper``: how much compute the run
+            spends (:mod:`featrob.budgets`): the attacks when ``attacks`` is empty and each
+            metric's options under the user's own.
         attacks: attack specs (``apgd-ce``, ``pgd(steps=20)``) or presets (``standard``:
-            APGD-CE, APGD-T, FAB-T, Square as AutoAttack runs them); metrics that attack use them.
+            APGD-CE, APGD-T, FAB-T, Square as AutoAttack runs them); metrics that attack use
+            them. Empty (default): the budget's (``quick``: ``apgd-ce(steps=20)``;
+            ``standard`` and ``paper``: ``standard``); see :meth:`attack_specs`.
         eps, norm: the threat model.
         plugins: metric plugins to run (empty: every installed one).
         no_plugins: plugins whose metrics never run (``--no-plugin``).
@@ -148,7 +154,8 @@ class RunConfig:
     data_options: dict[str, Any] = field(default_factory=dict)
     split: str = "test"
     n_per_class: int | None = None
-    attacks: list[str] = field(default_factory=lambda: ["standard"])
+    budget: str = "quick"
+    attacks: list[str] = field(default_factory=list)
     eps: float = 0.1
     norm: str = "linf"
     plugins: list[str] = field(default_factory=list)
@@ -197,6 +204,10 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (the resolved config saved with results)."""
         return dataclasses.asdict(self)
+
+    def attack_specs(self) -> list[str]:
+        """The run's attack specs (presets not expanded): ``attacks``, else the budget's."""
+        return list(self.attacks) or budget_attacks(self.budget)
 
     def store_path(self) -> Path | None:
         """The feature store folder, or None when disabled."""
@@ -298,6 +309,10 @@ def _coerce(key: str, annotation: str, value: Any) -> Any:
 def _validate(cfg: RunConfig) -> RunConfig:
 
     cfg.norm = parse_norm(cfg.norm)
+    if cfg.budget not in BUDGETS:
+        close = difflib.get_close_matches(str(cfg.budget), BUDGETS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"budget must be one of {', '.join(BUDGETS)}, got {cfg.budget!r}{hint}")
     if cfg.norm == "linf" and cfg.eps > 1:
         raise ConfigError(f"Linf eps must be in [0, 1] for [0, 1] images, got {cfg.eps}")
     if cfg.train.norm is not None:

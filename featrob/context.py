@@ -14,6 +14,7 @@ from torch import Tensor
 from featrob.attacks.base import Attack
 from featrob.attacks.factory import expand_presets, make_attack
 from featrob.attacks.protocol import evaluate
+from featrob.budgets import budget_options
 from featrob.extract import AutocastForward, Extractor, FeatureSet, autocast_context
 from featrob.memory import chunk_for, footprint, loop_footprint, tame_allocator
 from featrob.model_cache import cached_module, model_cache_path
@@ -137,8 +138,10 @@ class RunContext:
 
     # ------------------------------------------------------------------ options and attacks
     def options(self, metric: str) -> dict[str, Any]:
-        """The user's options for ``metric`` (``[metrics.NAME]`` in the config)."""
-        return dict(self.config.metrics.get(metric, {}))
+        """The options ``metric`` runs with: its ``budgets`` entry for the run's budget,
+        then the user's (``[metrics.NAME]`` in the config) on top."""
+        cls = self.host.metrics.get(metric) if metric in self.host.metrics else None
+        return budget_options(cls, self.config.budget, self.config.metrics.get(metric))
 
     def make_attack(
         self,
@@ -158,7 +161,7 @@ class RunContext:
             **params: override parameters of the spec.
         """
         if spec is None:  # the run's first attack, presets ("standard") expanded
-            spec = expand_presets(self.config.attacks)[0]
+            spec = expand_presets(self.config.attack_specs())[0]
         return make_attack(
             spec,
             eps=self.config.eps if eps is None else eps,
@@ -212,7 +215,7 @@ class RunContext:
 
     def run_attacks(self) -> list[Attack]:
         """The run's configured attacks (``--attack``; presets expanded), instantiated."""
-        return [self.make_attack(spec) for spec in expand_presets(self.config.attacks)]
+        return [self.make_attack(spec) for spec in expand_presets(self.config.attack_specs())]
 
     def evaluate(
         self,
@@ -241,7 +244,7 @@ class RunContext:
             self.amp_forward(target),
             self.inputs(),
             self.labels,
-            attacks if attacks is not None else self.config.attacks,
+            attacks if attacks is not None else self.config.attack_specs(),
             eps=self.config.eps if eps is None else eps,
             norm=norm or self.config.norm,
             seed=self.config.seed,

@@ -25,6 +25,7 @@ from featrob.options import merge_options
 
 if TYPE_CHECKING:
     from featrob.context import RunContext
+    from featrob.plan import Passes, PlanInfo
     from featrob.results import MetricResult
 
 
@@ -34,16 +35,27 @@ class Metric(ABC):
     Class attributes:
         name: registry name, also the key in results.json.
         description: one line for ``featrob plugins``.
-        defaults: every option with its default ("small default budgets": the default run
-            executes every installed metric on a 2-core CPU in minutes).
+        defaults: every option with its default: the ``standard`` budget.
+        budgets: option overrides per run budget (``--budget``, :mod:`featrob.budgets`),
+            ``{"quick": {...}, "paper": {...}}``: ``quick`` the smallest settings at which
+            the result still means something (the default run executes every installed
+            metric on a 2-core CPU in about a minute), ``paper`` the paper's own. The
+            user's options override them; a budget left out runs ``defaults``.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    budgets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = merge_options("metric", self.name, self.defaults, options)
+
+    def passes(self, plan: PlanInfo) -> Passes | None:
+        """At most how many forward and backward passes of one input :meth:`compute` will
+        spend with these options (``featrob run --check`` prints it; stored rows cost
+        nothing); None: not estimated. ``plan.attack_passes()`` counts the run's attacks."""
+        return None
 
     @abstractmethod
     def compute(self, ctx: RunContext) -> MetricResult:

@@ -1,8 +1,9 @@
 """What a metric returns and what a run writes.
 
 A :class:`MetricResult` is renderer-agnostic: a flat ``summary`` of numbers, named
-``tables`` (lists of row dicts), ``arrays`` (NumPy, for further analysis) and ``figures``
-(data plus labels, not pixels), so any reporter can render any metric.
+``tables`` (lists of row dicts), ``arrays`` (NumPy, for further analysis), ``figures``
+(data plus labels, not pixels) and ``findings`` (plain-language sentences with the numbers
+behind them, ranked across metrics), so any reporter can render any metric.
 """
 
 from __future__ import annotations
@@ -68,6 +69,61 @@ class Figure:
 
 
 @dataclass
+class Finding:
+    """One plain-language answer a metric gives, with the numbers behind it.
+
+    Reports put the findings of every metric first, ranked by ``score`` (the terminal
+    summary, summary.md, report.html and results.json's top-level ``findings``). Build them
+    from the metric's own numbers, and give none when a number is missing::
+
+        Finding(
+            text=f"Robust accuracy is at most {robust:.1%} (clean {clean:.1%})",
+            score=1.0,
+            values={"robust_accuracy": robust, "clean_accuracy": clean},
+            figure="after_each_attack",
+        )
+
+    Attributes:
+        text: one sentence with the numbers in it; claims no more than the numbers say.
+        score: importance in [0, 1] for the ranking across metrics (clamped; NaN is 0):
+            about 1 for the run's headline answer (robust accuracy), 0.5-0.8 for a clear
+            fragility signal (a fragile class, layer or share of features), below 0.4 for
+            context.
+        values: the numbers the sentence quotes (``{name: number, string or None}``).
+        figure: the key of the metric's figure that shows it (in ``MetricResult.figures``),
+            or None; report.html links to it.
+    """
+
+    text: str
+    score: float = 0.5
+    values: dict[str, float | int | str | None] = field(default_factory=dict)
+    figure: str | None = None
+
+    def __post_init__(self) -> None:
+        score = float(self.score)
+        self.score = min(1.0, max(0.0, score)) if score == score else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict (``text``, ``score``, ``values``, ``figure``; NaN is null)."""
+        return {
+            "text": str(self.text),
+            "score": round(self.score, 4),
+            "values": {str(k): _jsonable(v) for k, v in self.values.items()},
+            "figure": self.figure,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            text=str(data.get("text", "")),
+            score=float(data.get("score") or 0.0),
+            values=dict(data.get("values") or {}),
+            figure=data.get("figure"),
+        )
+
+
+@dataclass
 class MetricResult:
     """The outcome of one metric.
 
@@ -79,6 +135,8 @@ class MetricResult:
         warnings: things the reader should know (e.g. gradient masking suspected).
         error: the traceback when the metric raised, else None.
         duration_s: wall time of the metric.
+        findings: a few plain-language findings (:class:`Finding`) built from the numbers
+            above, shown first in every report (ranked by score across metrics).
     """
 
     summary: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +146,7 @@ class MetricResult:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     duration_s: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def error_line(self) -> str:
@@ -105,6 +164,7 @@ class MetricResult:
             "warnings": list(self.warnings),
             "error": self.error,
             "duration_s": round(self.duration_s, 4),
+            "findings": [f.to_json() for f in self.findings],
         }
 
     @classmethod
@@ -117,6 +177,7 @@ class MetricResult:
             warnings=list(data.get("warnings", [])),
             error=data.get("error"),
             duration_s=float(data.get("duration_s", 0.0)),
+            findings=[Finding.from_json(f) for f in data.get("findings", [])],
         )
 
 
@@ -125,7 +186,8 @@ class Results:
     """Everything a run produced; ``results.json`` is :meth:`to_json`.
 
     ``warnings`` are run-level things the reader must know (a loaded model near chance);
-    a metric's own warnings live in its :class:`MetricResult`.
+    a metric's own warnings live in its :class:`MetricResult`. :attr:`findings` ranks every
+    metric's findings; results.json holds that list as its top-level ``findings``.
 
     ``status`` says whether the file is final: ``"running"`` while metrics are still
     running (``pending`` names them), ``"complete"`` once every metric ran (some may have
@@ -164,6 +226,18 @@ class Results:
         return f"{what}; {left}; rerun the same command to complete it from the store"
 
     @property
+    def findings(self) -> list[tuple[str, Finding]]:
+        """Every metric's findings as ``(metric name, finding)``, ranked: highest score first
+        (ties keep the metrics' order, then each metric's own). Failed metrics have none."""
+        found = [
+            (name, finding)
+            for name, metric in self.metrics.items()
+            if not metric.error
+            for finding in metric.findings
+        ]
+        return sorted(found, key=lambda item: -item[1].score)
+
+    @property
     def failed(self) -> bool:
         """True when a metric or a plugin failed."""
         return bool(self.errors) or any(m.error for m in self.metrics.values())
@@ -198,6 +272,7 @@ class Results:
             "featrob": self.featrob,
             "config": _jsonable(self.config),
             "plugins": dict(self.plugins),
+            "findings": [{"metric": name, **f.to_json()} for name, f in self.findings],
             "metrics": {name: m.to_json() for name, m in self.metrics.items()},
             "errors": list(self.errors),
             "warnings": list(self.warnings),

@@ -27,6 +27,7 @@ import torch
 import featrob
 from featrob import distributed
 from featrob.attacks.factory import expand_presets, make_attack
+from featrob.budgets import budget_options
 from featrob.config import RunConfig, to_toml
 from featrob.context import RunContext
 from featrob.errors import ConfigError, FeatrobError, PluginLoadError, UnknownNameError
@@ -81,10 +82,10 @@ def check_before_work(config: RunConfig, host: PluginHost, metrics: list[Entry[A
     """Fail on unknown attacks, attack parameters and metric options before any training or
     data loading, so a typo costs a second, not a run."""
 
-    for spec in expand_presets(config.attacks):
+    for spec in expand_presets(config.attack_specs()):
         make_attack(spec, eps=config.eps, norm=config.norm, seed=config.seed, registry=host.attacks)
     for entry in metrics:
-        entry.obj(**config.metrics.get(entry.name, {}))
+        entry.obj(**budget_options(entry.obj, config.budget, config.metrics.get(entry.name)))
 
 
 def check_config(config: RunConfig, host: PluginHost) -> list[str]:

@@ -33,6 +33,7 @@ import torch
 
 from featrob.api import context_for
 from featrob.attacks.base import Attack, flat_norm
+from featrob.budgets import BUDGETS, budget_options
 from featrob.config import TrainConfig
 from featrob.context import RunContext
 from featrob.data.base import DatasetBundle, DataSplit
@@ -41,7 +42,7 @@ from featrob.metrics import Metric
 from featrob.models.base import FeatrobModel
 from featrob.models.loading import build_model
 from featrob.plugins import PluginHost
-from featrob.results import MetricResult
+from featrob.results import Finding, MetricResult
 from featrob.runner import run
 from featrob.seeding import sample_seeds
 from featrob.trainer import train
@@ -123,14 +124,18 @@ def check_metric(
 ) -> MetricResult:
     """Run a metric on a tiny context and check the result is well-formed.
 
-    Checks: it has a ``name``; ``compute`` returns a :class:`MetricResult`; the summary is
-    flat and JSON-able; tables are lists of dicts; arrays are NumPy arrays; figures have a
-    kind; the result serialises to JSON.
+    Checks: it has a ``name``; every entry of its ``budgets`` is a budget and gives options
+    the metric accepts; ``compute`` returns a :class:`MetricResult`; the summary is flat and
+    JSON-able; tables are lists of dicts; arrays are NumPy arrays; figures have a kind; the
+    result serialises to JSON.
 
     Returns:
         The result, for further assertions.
     """
     assert isinstance(getattr(metric_cls, "name", None), str), "a metric needs a `name`"
+    for budget in metric_cls.budgets:
+        assert budget in BUDGETS, f"budgets has {budget!r}; budgets are {', '.join(BUDGETS)}"
+        metric_cls(**budget_options(metric_cls, budget))  # raises on an unknown option
     ctx = ctx or make_context()
     result = metric_cls(**options).compute(ctx)
     assert isinstance(result, MetricResult), f"compute returned {type(result).__name__}"
@@ -147,6 +152,12 @@ def check_metric(
         assert isinstance(arr, np.ndarray), f"array {name!r} must be a numpy array"
     for name, fig in result.figures.items():
         assert fig.kind, f"figure {name!r} needs a kind"
+    for finding in result.findings:  # sentences with a figure of this result, if any
+        assert isinstance(finding, Finding), f"finding {finding!r} is not a featrob.Finding"
+        assert finding.text.strip(), "a finding needs a sentence"
+        assert finding.figure is None or finding.figure in result.figures, (
+            f"a finding names figure {finding.figure!r}, which the result does not have"
+        )
     json.dumps(result.to_json(), allow_nan=False)
     return result
 

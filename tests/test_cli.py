@@ -48,6 +48,12 @@ def test_run_writes_results_layout(tmp_path: Path):
     # every installed metric's output (a default run runs them all) fits the shipped schema
     jsonschema.validate(data, results_schema())
     assert {"clean_accuracy", "sensitivity", "collision", "scale"} <= set(data["metrics"])
+    # findings: ranked, the headline first, every named figure exists
+    scores = [f["score"] for f in data["findings"]]
+    assert scores == sorted(scores, reverse=True) and data["findings"][0]["score"] == 1.0
+    for finding in data["findings"]:
+        figures = data["metrics"][finding["metric"]]["figures"]
+        assert finding["figure"] is None or finding["figure"] in figures, finding
     assert data["config"]["eps"] == pytest.approx(8 / 255)
     assert len(data["config"]["sample_indices"]) == 50
     assert data["plugins"]["accuracy"] == featrob.__version__

@@ -21,7 +21,14 @@ from featrob.builtins.report_data import CsvReporter, Hdf5Reporter, safe_name
 from featrob.builtins.report_formats import JsonReporter
 from featrob.cli import create_app
 from featrob.plugins import PluginHost
-from featrob.results import SCHEMA_VERSION, Figure, MetricResult, Results, results_schema
+from featrob.results import (
+    SCHEMA_VERSION,
+    Figure,
+    Finding,
+    MetricResult,
+    Results,
+    results_schema,
+)
 
 
 def _results() -> Results:
@@ -151,6 +158,11 @@ def _html_results() -> Results:
     results.metrics["mine"].tables["wide"] = [dict(wide) for _ in range(3)]
     results.metrics["mine"].tables["long"] = [{"i": i, "v": i / 2} for i in range(100)]
     results.metrics["mine"].summary.update({f"layer.key{k}": k / 3 for k in range(60)})
+    results.metrics["mine"].findings = [  # linked to the section and, when drawn, the figure
+        Finding("<b>first</b> finding", 0.9, {"x": 1}, figure="line"),
+        Finding("its figure could not be drawn", 0.5, figure="broken"),
+        Finding("no such figure", 0.3, figure="missing"),
+    ]
     return results
 
 
@@ -181,7 +193,7 @@ def test_html_renders_in_headless_chromium_without_errors(tmp_path: Path):
     window.addEventListener('load', () => {
       const imgs = Array.from(document.images);
       const bad = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;
-      const links = Array.from(document.querySelectorAll('nav a, a.top'));
+      const links = Array.from(document.querySelectorAll('nav a, a.top, #findings a'));
       const unreachable = links.filter(a => !document.getElementById(a.hash.slice(1))).length;
       const wider = document.documentElement.scrollWidth > window.innerWidth;
       document.body.setAttribute('data-check', JSON.stringify({images: imgs.length, bad: bad,

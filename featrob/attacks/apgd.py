@@ -48,6 +48,7 @@ from featrob.attacks.base import (
 from featrob.attacks.losses import dlr_loss, dlr_targeted_loss, top_targets
 from featrob.errors import ConfigError
 from featrob.options import bool_param, float_param, int_param
+from featrob.plan import Passes
 from featrob.seeding import normal, uniform
 
 
@@ -97,6 +98,12 @@ class APGD(Attack):
             p["batch_restarts"] = bool_param(self.name, "batch_restarts", p["batch_restarts"])
 
     # ------------------------------------------------------------------ public
+    def passes(self, n_classes: int) -> Passes:
+        """Per restart, the gradient at the start and one per step (a forward and a
+        backward pass each), and the first check of the clean inputs."""
+        runs = (self.params["steps"] + 1) * self.params["restarts"]
+        return Passes(forward=runs + 1, backward=runs)
+
     def perturb(
         self,
         forward: Forward,
@@ -289,6 +296,11 @@ class APGDTargeted(APGD):
     description: ClassVar[str] = "Auto-PGD on the targeted DLR loss over the top-k classes"
     defaults: ClassVar[dict[str, Any]] = {**APGD.defaults, "n_target_classes": 9}
     min_classes: ClassVar[int] = 4
+
+    def passes(self, n_classes: int) -> Passes:
+        """APGD's passes once per target class."""
+        targets = min(self.params["n_target_classes"], n_classes - 1)
+        return targets * super().passes(n_classes)
 
     def perturb(
         self,

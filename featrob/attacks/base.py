@@ -22,6 +22,7 @@ from torch import Tensor
 from featrob import seeding
 from featrob.errors import ConfigError, check_finite_nonnegative
 from featrob.options import merge_options
+from featrob.plan import Passes
 from featrob.seeding import sample_seeds as make_seeds
 from featrob.specs import parse_norm
 
@@ -134,6 +135,11 @@ class Attack(ABC):
         Returns:
             ``x_adv`` with ``x_adv - x`` inside the eps ball and ``x_adv`` in [0, 1].
         """
+
+    def passes(self, n_classes: int) -> Passes | None:
+        """At most how many forward and backward passes the attack spends on one sample
+        with ``n_classes`` classes (for ``featrob run --check``); None: not estimated."""
+        return None
 
     def __call__(self, model: Forward, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
         """Shorthand for :meth:`perturb`."""

@@ -41,6 +41,7 @@ from featrob.attacks.fab_projections import project_l2, project_linf
 from featrob.attacks.losses import top_targets
 from featrob.errors import ConfigError
 from featrob.options import float_param, int_param
+from featrob.plan import Passes
 
 JACOBIANS = ("vmap", "loop")
 _TINY = 1e-12
@@ -162,6 +163,12 @@ class FAB(MinimumNormAttack):
         self._project = project_linf if self.norm == "linf" else project_l2
 
     # ------------------------------------------------------------------ public
+    def passes(self, n_classes: int) -> Passes:
+        """Per step and restart: the K logit gradients (one forward, K backward passes)
+        and the check of the new iterate (one forward)."""
+        runs = self.params["steps"] * self.params["restarts"]
+        return Passes(forward=2 * runs + 1, backward=n_classes * runs)
+
     def minimize(
         self,
         forward: Forward,
@@ -380,6 +387,13 @@ class FABTargeted(FAB):
         super().__init__(eps, norm, seed, **params)
         p = self.params
         p["n_target_classes"] = int_param(self.name, "n_target_classes", p["n_target_classes"], 1)
+
+    def passes(self, n_classes: int) -> Passes:
+        """Per target, step and restart: one gradient (of ``f_target - f_y``) and the
+        check of the new iterate."""
+        targets = min(self.params["n_target_classes"], n_classes - 1)
+        runs = self.params["steps"] * self.params["restarts"] * targets
+        return Passes(forward=2 * runs + 1, backward=runs)
 
     def minimize(
         self,

@@ -19,6 +19,7 @@ from featrob.attacks.base import (
     steepest_direction,
 )
 from featrob.options import bool_param, float_param
+from featrob.plan import Passes
 
 
 class FGSM(Attack):
@@ -54,6 +55,10 @@ class FGSM(Attack):
         if self.params["alpha"] is not None:
             return self.params["alpha"]
         return 1.25 * self.eps if self.params["random_start"] else self.eps
+
+    def passes(self, n_classes: int) -> Passes:
+        """One gradient."""
+        return Passes(forward=1, backward=1)
 
     def perturb(
         self,

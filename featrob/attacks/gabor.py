@@ -22,6 +22,7 @@ from torch import Tensor
 from featrob.attacks.base import Attack, Forward, LossFn, SuccessFn
 from featrob.errors import ConfigError
 from featrob.options import float_param, int_param
+from featrob.plan import Passes
 
 
 def gabor_kernel(
@@ -108,6 +109,10 @@ class GaborNoise(Attack):
         p["orientation"] = float(theta)
         self._noise: dict[tuple[int, int], Tensor] = {}
         self._patterns: dict[tuple[int, int, str, torch.dtype], Tensor] = {}
+
+    def passes(self, n_classes: int) -> Passes:
+        """None: the noise does not look at the model."""
+        return Passes()
 
     def kernel(self) -> Tensor:
         """The Gabor kernel (sum over ``sides`` orientations), float64 on the CPU."""

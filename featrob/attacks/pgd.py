@@ -30,6 +30,7 @@ from featrob.attacks.base import (
 )
 from featrob.errors import ConfigError
 from featrob.options import bool_param, float_param, int_param
+from featrob.plan import Passes
 
 SCHEDULES = ("constant", "cosine", "step")
 
@@ -143,6 +144,11 @@ class PGD(Attack):
         return sizes
 
     # ------------------------------------------------------------------ attack
+    def passes(self, n_classes: int) -> Passes:
+        """A forward and a backward pass per step and restart."""
+        runs = self.params["steps"] * self.params["restarts"]
+        return Passes(forward=runs + 1, backward=runs)
+
     def perturb(
         self,
         forward: Forward,

@@ -28,6 +28,7 @@ from torch import Tensor
 from featrob.attacks.base import Attack, Forward, LossFn, SuccessFn, margin_loss
 from featrob.errors import ConfigError
 from featrob.options import float_param, int_param
+from featrob.plan import Passes
 from featrob.seeding import signs, uniform
 
 #: Iterations after which p halves (AutoAttack's ``p_selection`` without rescaling).
@@ -156,6 +157,10 @@ class SquareAttack(Attack):
         if p["p_init"] > 1:
             raise ConfigError(f"{self.name}: p_init must be in (0, 1], got {p['p_init']!r}")
         self.last_queries: Tensor | None = None
+
+    def passes(self, n_classes: int) -> Passes:
+        """One forward pass per query and restart, no gradients."""
+        return Passes(forward=self.params["n_queries"] * self.params["restarts"] + 1)
 
     def perturb(
         self,

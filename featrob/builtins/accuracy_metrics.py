@@ -6,8 +6,11 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from featrob.budgets import STANDARD_COMMAND, budget_attacks
+from featrob.builtins.accuracy_findings import clean_accuracy_findings, robust_accuracy_findings
 from featrob.context import RunContext
 from featrob.metrics import Metric
+from featrob.plan import Passes, PlanInfo
 from featrob.results import Figure, MetricResult
 
 
@@ -30,11 +33,15 @@ class CleanAccuracy(Metric):
     name: ClassVar[str] = "clean_accuracy"
     description: ClassVar[str] = "accuracy on clean inputs, overall and per class"
 
+    def passes(self, plan: PlanInfo) -> Passes:
+        """One forward pass per sample."""
+        return Passes(forward=plan.n_samples)
+
     def compute(self, ctx: RunContext) -> MetricResult:
         """Read the logits (from the store when present) and count."""
         clean = ctx.features("logits")
         correct = clean.correct
-        return MetricResult(
+        result = MetricResult(
             summary={"accuracy": float(correct.double().mean()), "n": len(correct)},
             tables={"per_class": per_class_rows(ctx, {"accuracy": correct})},
             arrays={
@@ -43,20 +50,28 @@ class CleanAccuracy(Metric):
                 "indices": ctx.indices.numpy(),
             },
         )
+        result.findings = clean_accuracy_findings(result.summary, result.tables["per_class"])
+        return result
 
 
 class RobustAccuracy(Metric):
     """Robust accuracy under the run's attacks, evaluated the AutoAttack way.
 
-    Attacks (``--attack``, default the ``standard`` preset: APGD-CE, APGD-T, FAB-T, Square)
-    run in order, each only on the samples still robust; a sample is robust only if it is
-    classified correctly clean and no attack broke it. The result keeps, per sample, which
+    Attacks (``--attack``, default the budget's: APGD-CE with 20 steps under ``quick``, an
+    upper bound the result says it is; the ``standard`` preset, APGD-CE, APGD-T, FAB-T,
+    Square, under ``standard`` and ``paper``) run in order, each only on the samples still
+    robust; a sample is robust only if it is classified correctly clean and no attack broke
+    it. The result keeps, per sample, which
     attack broke it, the lowest margin reached and that point's perturbation norm, and the
     gradient-masking checks' warnings.
     """
 
     name: ClassVar[str] = "robust_accuracy"
     description: ClassVar[str] = "AutoAttack-style robust accuracy with a per-sample worst case"
+
+    def passes(self, plan: PlanInfo) -> Passes:
+        """The run's evaluation on every sample (and the clean logits)."""
+        return plan.evaluation_passes() + Passes(forward=plan.n_samples)
 
     def compute(self, ctx: RunContext) -> MetricResult:
         """Evaluate (reusing stored attack records) and report."""
@@ -95,7 +110,7 @@ class RobustAccuracy(Metric):
                 }
             ],
         )
-        return MetricResult(
+        result = MetricResult(
             summary=summary,
             tables={
                 "attacks": steps,
@@ -110,5 +125,19 @@ class RobustAccuracy(Metric):
                 **{f"flag_{k}": v.numpy() for k, v in ev.flags.items()},
             },
             figures={"after_each_attack": figure},
-            warnings=list(ev.warnings),
+            warnings=list(ev.warnings) + quick_budget_notes(ctx, ev.robust_accuracy),
         )
+        result.findings = robust_accuracy_findings(summary, steps, result.tables["per_class"])
+        return result
+
+
+def quick_budget_notes(ctx: RunContext, robust_accuracy: float) -> list[str]:
+    """Under the ``quick`` budget's own attack, the plain statement that the robust accuracy
+    is an upper bound, with the command for the standard evaluation (none otherwise)."""
+    if ctx.config.budget != "quick" or ctx.config.attacks:
+        return []
+    attacks = ", ".join(budget_attacks("quick"))
+    return [
+        f"robust accuracy {robust_accuracy:.1%} is an upper bound: the quick budget ran only "
+        f"{attacks}; `{STANDARD_COMMAND}` runs AutoAttack's standard evaluation"
+    ]

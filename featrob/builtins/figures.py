@@ -3,16 +3,29 @@
 Every figure kind a metric may return is drawn here: ``line``, ``scatter``, ``hist``,
 ``box`` (raw values or precomputed ``bxp`` statistics), ``bar`` and ``image``. Options the
 plugins use: ``logx``/``logy``, ``hline`` (a horizontal reference line, e.g. ``log 2``),
-``diagonal`` (``y = x``). Rendering runs headless (the Agg backend) and never opens a window.
+``diagonal`` (``y = x``). Rendering runs headless (Agg, through matplotlib's object API: no
+pyplot, so the caller's backend and figures are left alone) with the settings matplotlib
+read from its rc files (``rcParamsOrig``: settings changed in the process do not reach the
+report, so a figure looks the same whichever process drew it).
+
+:func:`render_png` reads a figure drawn before from the figure cache
+(:mod:`featrob.figure_cache`, under ``$FEATROB_HOME/figures``) and draws only new ones, with
+:func:`draw_png`; a run whose figures are all cached never imports matplotlib.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
+import os
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from featrob.figure_cache import FigureCache, default_cache
 from featrob.results import Figure
 
 #: Figure size in inches and resolution of the embedded PNGs.
@@ -20,19 +33,81 @@ SIZE = (6.0, 3.8)
 DPI = 100
 
 
-def render_png(fig: Figure) -> bytes:
-    """The figure as PNG bytes.
+def render_png(fig: Figure, cache: FigureCache | None = None) -> bytes:
+    """The figure as PNG bytes: the bytes :func:`draw_png` returns, read from ``cache``
+    (default: ``$FEATROB_HOME/figures``) when the same figure was drawn before by the same
+    renderer (:func:`renderer_stamp`), else drawn and kept there.
+
+    Raises:
+        ValueError: an unknown kind or series data it cannot draw.
+    """
+    cache = cache if cache is not None else default_cache()
+    return cache.get_or_draw(fig, draw_png, renderer_stamp())
+
+
+def renderer_stamp() -> dict[str, Any]:
+    """Everything besides the figure that determines :func:`draw_png`'s bytes: format, size,
+    resolution, the versions of matplotlib, Pillow and numpy, this module's code and the
+    matplotlibrc files matplotlib may read (found without importing matplotlib)."""
+    return {**_fixed_stamp(), "rc": _rc_digest()}
+
+
+@functools.cache
+def _fixed_stamp() -> dict[str, Any]:
+    versions = {}
+    for dist in ("matplotlib", "pillow"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "format": "png",
+        "size": list(SIZE),
+        "dpi": DPI,
+        **versions,
+        "numpy": np.__version__,
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+    }
+
+
+def _rc_digest() -> str:
+    """A digest of every matplotlibrc file matplotlib could read (``matplotlib_fname``'s
+    places: ``$MATPLOTLIBRC``, ``./matplotlibrc``, the user's config folder)."""
+    home = Path.home()
+    env = os.environ
+    places = [Path("matplotlibrc")]
+    if env.get("MATPLOTLIBRC"):
+        places += [Path(env["MATPLOTLIBRC"]), Path(env["MATPLOTLIBRC"]) / "matplotlibrc"]
+    if env.get("MPLCONFIGDIR"):
+        places.append(Path(env["MPLCONFIGDIR"]) / "matplotlibrc")
+    xdg = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    places += [xdg / "matplotlib" / "matplotlibrc", home / ".matplotlib" / "matplotlibrc"]
+    digest = hashlib.sha256()
+    for place in places:
+        try:
+            data = place.read_bytes() if place.is_file() else None
+        except OSError:
+            data = None
+        if data is not None:
+            digest.update(str(place.absolute()).encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()
+
+
+def draw_png(fig: Figure) -> bytes:
+    """The figure drawn anew as PNG bytes (no cache).
 
     Raises:
         ValueError: an unknown kind or series data it cannot draw.
     """
     import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    figure, ax = plt.subplots(figsize=SIZE, dpi=DPI)
-    try:
+    rc = {k: v for k, v in matplotlib.rcParamsOrig.items() if k != "backend"}
+    with matplotlib.rc_context(rc):
+        figure = MplFigure(figsize=SIZE, dpi=DPI)
+        FigureCanvasAgg(figure)
+        ax = figure.add_subplot()
         _draw(ax, fig)
         ax.set_title(fig.title, fontsize=10)
         ax.set_xlabel(fig.xlabel)
@@ -53,8 +128,6 @@ def render_png(fig: Figure) -> bytes:
         buf = io.BytesIO()
         figure.savefig(buf, format="png")
         return buf.getvalue()
-    finally:
-        plt.close(figure)
 
 
 def _draw(ax: Any, fig: Figure) -> None:

@@ -46,7 +46,8 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 class CsvReporter(Reporter):
-    """``tables/METRIC.TABLE.csv`` for every table and ``tables/METRIC.summary.csv``."""
+    """``tables/METRIC.TABLE.csv`` for every table, ``tables/METRIC.summary.csv`` and, when
+    any metric has findings, ``tables/findings.csv`` (ranked)."""
 
     name: ClassVar[str] = "csv"
     description: ClassVar[str] = "tables/*.csv, one file per metric table (and summary)"
@@ -65,6 +66,10 @@ class CsvReporter(Reporter):
                 path = folder / f"{safe_name(metric)}.{safe_name(table)}.csv"
                 atomic_write(path, rows_to_csv(rows))
                 written.append(path)
+        if results.findings:
+            path = folder / "findings.csv"
+            atomic_write(path, rows_to_csv(results.to_json()["findings"]))
+            written.append(path)
         return written
 
 
@@ -74,7 +79,7 @@ class Hdf5Reporter(Reporter):
     Layout: ``/METRIC/arrays/NAME``; ``/METRIC/tables/TABLE/COLUMN``, one dataset per column
     (numbers as float64 with NaN where a row has none, booleans as bool, anything else as
     UTF-8 text); ``/METRIC`` attributes ``summary`` (JSON) and ``error``; file attributes
-    ``featrob`` and ``config`` (JSON).
+    ``featrob``, ``config`` and ``findings`` (JSON, ranked).
     ``pandas.DataFrame({c: f[f"/m/tables/t/{c}"][()] for c in ...})`` rebuilds a table.
     """
 
@@ -89,7 +94,9 @@ class Hdf5Reporter(Reporter):
         try:
             with h5py.File(tmp, "w") as f:
                 f.attrs["featrob"] = results.featrob
-                f.attrs["config"] = json.dumps(results.to_json()["config"])
+                record = results.to_json()
+                f.attrs["config"] = json.dumps(record["config"])
+                f.attrs["findings"] = json.dumps(record["findings"])
                 for metric, result in results.metrics.items():
                     group = f.create_group(safe_name(metric))
                     group.attrs["summary"] = json.dumps(result.to_json()["summary"])

@@ -26,7 +26,8 @@ class JsonReporter(Reporter):
 
 
 class MarkdownReporter(SingleFileReporter):
-    """``summary.md``: each metric's summary and tables, errors and warnings."""
+    """``summary.md``: the ranked findings, then each metric's summary and tables, errors
+    and warnings."""
 
     name: ClassVar[str] = "md"
     description: ClassVar[str] = "summary.md (Markdown tables, for notebooks and PRs)"
@@ -56,6 +57,11 @@ def render_markdown(results: Results) -> str:
         lines.append(f"> **warning:** {_md(line)}")
     for err in results.errors:
         lines.append(f"> **error:** {_md(err)}")
+    if results.findings:
+        lines += ["", "## Findings", ""]
+        lines += [
+            f"{k}. {_md(f.text)} _({_md(name)})_" for k, (name, f) in enumerate(results.findings, 1)
+        ]
     for name, metric in results.metrics.items():
         lines += ["", f"## {_md(name)}", ""]
         if metric.error:

@@ -1,7 +1,8 @@
 """The ``html`` reporter: one self-contained file people would rather look at.
 
-``report.html`` holds a section per metric (status, warnings, summary, tables, figures as
-embedded PNGs), the resolved config, the versions of featrob, its plugins and the
+``report.html`` opens with the findings of every metric, ranked (each linked to its metric's
+section and figure), then holds a section per metric (status, warnings, summary, tables,
+figures as embedded PNGs), the resolved config, the versions of featrob, its plugins and the
 environment, and the traceback of every failed metric. Nothing is fetched from the network
 (inline CSS, ``data:`` images, no scripts), and every string that comes from a model, data
 set, config or plugin is HTML-escaped: a class named ``<script>`` renders as text.
@@ -24,6 +25,8 @@ MAX_ROWS = 200
 FOLD_ROWS = 12
 #: Summary keys shown unfolded: the metric's headline numbers.
 HEADLINE_KEYS = 8
+#: Findings shown unfolded at the top (the rest are folded under them).
+TOP_FINDINGS = 8
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -44,6 +47,8 @@ nav.toc a { margin-right: 1em; }
 img { max-width: 100%; height: auto; }
 details > summary { cursor: pointer; color: #444; margin: .3em 0; }
 a.top { font-size: .8em; }
+[id] { scroll-margin-top: 3em; }
+ol.findings li { margin: .3em 0; } ol.findings .where { font-size: .8em; color: #555; }
 """
 
 
@@ -79,6 +84,7 @@ def render_html(results: Results) -> str:
         + "</p>",
         f"<p>{escape(results.normalization_line)}</p>" if results.normalization_line else "",
         '<nav class="toc">'
+        + ('<a href="#findings">findings</a>' if results.findings else "")
         + "".join(
             f'<a href="#metric-{i}">{escape(name)}</a>' for i, name in enumerate(results.metrics)
         )
@@ -90,6 +96,7 @@ def render_html(results: Results) -> str:
         parts.append(f'<p class="warning">warning: {escape(line)}</p>')
     for err in results.errors:
         parts.append(f'<p class="failed">error: {escape(err)}</p>')
+    parts.append(_findings_section(results))
     for i, (name, metric) in enumerate(results.metrics.items()):
         parts.append(_metric_section(i, name, metric))
     parts += [
@@ -122,14 +129,41 @@ def _metric_section(i: int, name: str, metric: MetricResult) -> str:
         if len(keys) > HEADLINE_KEYS:
             rest = {k: metric.summary[k] for k in keys[HEADLINE_KEYS:]}
             out.append(_folded(f"{len(rest)} more summary values", _key_values(rest, "summary")))
-    for fig_name, fig in metric.figures.items():
-        out.append(_figure(fig_name, fig))
+    for j, (fig_name, fig) in enumerate(metric.figures.items()):
+        out.append(_figure(fig_name, fig, f"metric-{i}-figure-{j}"))
     for table, rows in metric.tables.items():
         out.append(f"<h3>{escape(table)}</h3>")
         body = _table(rows)
         out.append(_folded(f"{len(rows)} rows", body) if len(rows) > FOLD_ROWS else body)
     out.append('<p><a class="top" href="#top">back to the top</a></p>')
     return "\n".join(out)
+
+
+def _findings_section(results: Results) -> str:
+    """The ranked findings, each linked to its metric's section and, when it names one of
+    the metric's figures, to that figure ("" when no metric has findings)."""
+    found = results.findings
+    if not found:
+        return ""
+    index = {name: i for i, name in enumerate(results.metrics)}
+    items = []
+    for name, finding in found:
+        i = index[name]
+        links = [f'<a href="#metric-{i}">{escape(name)}</a>']
+        figures = list(results.metrics[name].figures)
+        if finding.figure in figures:
+            j = figures.index(finding.figure)
+            links.append(f'<a href="#metric-{i}-figure-{j}">figure</a>')
+        items.append(
+            f'<li>{escape(finding.text)} <span class="where">({" · ".join(links)})</span></li>'
+        )
+    top = f'<ol class="findings">{"".join(items[:TOP_FINDINGS])}</ol>'
+    if len(items) > TOP_FINDINGS:
+        rest = (
+            f'<ol class="findings" start="{TOP_FINDINGS + 1}">{"".join(items[TOP_FINDINGS:])}</ol>'
+        )
+        top += _folded(f"{len(items) - TOP_FINDINGS} more findings", rest)
+    return f'<section id="findings"><h2>Findings</h2>{top}</section>'
 
 
 def _folded(label: str, html: str) -> str:
@@ -168,16 +202,19 @@ def _cell(value: Any) -> str:
     return f"<td>{escape(str(value))}</td>"
 
 
-def _figure(name: str, fig: Figure) -> str:
-    """The figure as an embedded PNG, or a line saying why it could not be drawn."""
+def _figure(name: str, fig: Figure, anchor: str) -> str:
+    """The figure as an embedded PNG, or a line saying why it could not be drawn (either
+    with the id ``anchor``, which findings link to)."""
 
     caption = escape(fig.title or name)
     try:
         png = base64.b64encode(render_png(fig)).decode("ascii")
     except Exception as exc:  # one bad figure must not cost the report
         why = escape(f"{type(exc).__name__}: {exc}")
-        return f'<p class="warning">figure {escape(name)} could not be drawn: {why}</p>'
+        return (
+            f'<p class="warning" id="{anchor}">figure {escape(name)} could not be drawn: {why}</p>'
+        )
     return (
-        f'<figure><img alt="{caption}" src="data:image/png;base64,{png}">'
+        f'<figure id="{anchor}"><img alt="{caption}" src="data:image/png;base64,{png}">'
         f"<figcaption>{caption}</figcaption></figure>"
     )

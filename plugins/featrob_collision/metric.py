@@ -18,9 +18,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from featrob import ConfigError, Metric, MetricResult, bool_param, float_param, int_param
+from featrob import (
+    ConfigError,
+    Metric,
+    MetricResult,
+    Passes,
+    PlanInfo,
+    bool_param,
+    float_param,
+    int_param,
+)
 from featrob_collision.curves import curve_figures, default_eps_grid, layer_curves, layer_summary
 from featrob_collision.distances import extractor, layer_distances
+from featrob_collision.findings import collision_findings
 from featrob_collision.search import SearchConfig, collision_search
 
 if TYPE_CHECKING:
@@ -77,6 +87,10 @@ class LayerCollisions(Metric):
         "box": False,
         "batch_searches": None,
         "fab": True,
+    }
+    budgets: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": {"per_class": 6, "eps_points": 12},
+        "paper": {"per_class": 100, "projections": 10},  # Section 4: 100 per class, N = 10
     }
 
     def __init__(self, **options: Any) -> None:
@@ -175,6 +189,23 @@ class LayerCollisions(Metric):
         return [name if name == "input" else ctx.model.resolve_layer(name) for name in wanted]
 
     # ------------------------------------------------------------------ compute
+    def passes(self, plan: PlanInfo) -> Passes | None:
+        """Per layer, pair and projection: Algorithm 1's iterations (and its polish), each
+        a forward and ``m`` backward passes at both points; FAB at the logits."""
+        o = self.options
+        if o["no_projection"]:
+            return None  # m is each layer's width
+        layers = plan.layers if o["layers"] == "all" else list(o["layers"])
+        searched = [name for name in layers if name != "input"]
+        pairs = o["per_class"] ** 2
+        step = Passes(forward=2, backward=2 * o["m"])
+        total = len(searched) * pairs * o["projections"] * (o["max_iter"] + 5) * step
+        total = total + Passes(forward=2 * o["per_class"] * len(layers))
+        if o["fab"]:
+            fab = plan.make_attack("fab", norm="l2")
+            total = total + 2 * o["per_class"] * fab.passes(plan.n_classes)
+        return total
+
     def compute(self, ctx: RunContext) -> MetricResult:
         """Distances at every layer, optimal-loss curves, FAB at the logits."""
         o = self.options
@@ -248,6 +279,7 @@ class LayerCollisions(Metric):
             arrays={"pair_keys": pair_keys, "half_input_distance": half, **arrays},
             figures=curve_figures(rows, fab),
             warnings=warnings,
+            findings=collision_findings(summary),
         )
 
     def fab_curve(

@@ -27,10 +27,13 @@ from featrob import (
     Metric,
     MetricResult,
     MinimumNormAttack,
+    Passes,
+    PlanInfo,
     bool_param,
     int_param,
     parse_call,
 )
+from featrob_compression.findings import compression_findings
 from featrob_compression.pairs import compute_pairs
 from featrob_compression.report import class_pair_rows, derived, figures, summarise
 
@@ -80,6 +83,10 @@ class FeatureCompression(Metric):
         "untargeted": True,
         "compare": None,
     }
+    budgets: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": {"path_points": 8, "attack": "fab(steps=50)"},
+        "paper": {"pairs": "each", "attack": "fab(restarts=3)"},
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -106,9 +113,23 @@ class FeatureCompression(Metric):
             raise ConfigError(f"{self.name}: attack {name!r} has no L2 version")
         return ctx.make_attack(self.options["attack"], eps=math.sqrt(input_dim), norm="l2")
 
+    def passes(self, plan: PlanInfo) -> Passes:
+        """Per pair: the path points (a forward and the two class outputs' backward
+        passes each) and the targeted minimum-norm attack (counted as the attack on a
+        two-class problem); the untargeted attack per sample; twice with ``compare``."""
+        o = self.options
+        pairs = plan.n_samples * (plan.n_classes - 1 if o["pairs"] == "each" else 1)
+        attack = plan.make_attack(o["attack"], norm="l2")
+        path = Passes(forward=o["path_points"], backward=2 * o["path_points"])
+        one_model = pairs * (path + (attack.passes(2) or Passes()))
+        if o["untargeted"]:
+            one_model = one_model + plan.n_samples * (attack.passes(plan.n_classes) or Passes())
+        return (2 if o["compare"] else 1) * one_model
+
     def compute(self, ctx: RunContext) -> MetricResult:
         """Analyse the run's model (and the comparison model when asked)."""
         result = self.analyse_model(ctx)
+        result.findings = compression_findings(result.summary)
         compare = self.options["compare"]
         if compare:
             other_ctx = ctx.compared(compare)

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from featrob import ConfigError, Figure, Metric, MetricResult
+from featrob import ConfigError, Figure, Metric, MetricResult, Passes, PlanInfo
 from featrob_hpm import sensitivity as sens
+from featrob_hpm.findings import hpm_sensitivity_findings
 from featrob_hpm.finetune import train_features
 
 if TYPE_CHECKING:
@@ -57,6 +58,13 @@ class FeatureSensitivity(Metric):
         "FC vs L2-head feature sensitivity, angle fits and eq. 13 / eq. 29 CDFs (paper 002)"
     )
     defaults: ClassVar[dict[str, Any]] = {"attack": None}
+
+    def passes(self, plan: PlanInfo) -> Passes:
+        """The training features (one forward pass each) and the attack on every sample,
+        for the FC and the L2 head."""
+        attack = plan.make_attack(self.options["attack"]) if self.options["attack"] else None
+        attacked = plan.evaluation_passes([attack] if attack else plan.attacks[:1])
+        return Passes(forward=plan.n_train + 2 * plan.n_samples) + 2 * attacked
 
     def compute(self, ctx: RunContext) -> MetricResult:
         fc = ctx.model.head
@@ -163,4 +171,5 @@ class FeatureSensitivity(Metric):
                 if violations
                 else []
             ),
+            findings=hpm_sensitivity_findings(summary),
         )

@@ -13,8 +13,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from featrob import ConfigError, Metric, MetricResult, float_param, int_param, parse_call
+from featrob import (
+    ConfigError,
+    Metric,
+    MetricResult,
+    Passes,
+    PlanInfo,
+    float_param,
+    int_param,
+    parse_call,
+)
 from featrob_scale.analysis import Settings, analyse
+from featrob_scale.findings import scale_findings
 from featrob_scale.layout import (
     class_figure,
     named_rows,
@@ -64,6 +74,12 @@ class ScaleSections(Metric):
         "level": 0.95,
         "compare": None,
     }
+    budgets: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": {"resamples": 200},
+        # 20 sections aggregated pairwise to 10 (the paper's Table 3); the paper's 1,000
+        # images per class are the run's data: --n-per-class 1000 on a large enough set
+        "paper": {"sections": 20, "merge": 2},
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -91,10 +107,22 @@ class ScaleSections(Metric):
         o["perturbations"] = list(perts)
 
     # ------------------------------------------------------------------ entry point
+    def passes(self, plan: PlanInfo) -> Passes:
+        """Each perturbation on every sample and the features before and after it; with
+        ``compare``, the same on the other model and the run's attacks on it."""
+        attacks = [plan.make_attack(spec) for spec in self.options["perturbations"]]
+        one_model = plan.attack_passes(attacks) + Passes(
+            forward=plan.n_samples * (1 + len(attacks))
+        )
+        if self.options["compare"]:
+            return 2 * one_model + plan.evaluation_passes()
+        return one_model
+
     def compute(self, ctx: RunContext) -> MetricResult:
         """Analyse the run's model (and the comparison model when asked)."""
         perturbations, skipped = self.perturbations(ctx)
         result = self.analyse_model(ctx, perturbations, skipped)
+        result.findings = scale_findings(result.summary, result.tables, list(result.figures))
         compare = self.options["compare"]
         if compare:
             other_ctx = ctx.compared(compare)

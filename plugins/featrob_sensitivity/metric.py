@@ -22,8 +22,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from featrob import ConfigError, Metric, MetricResult, int_param, parse_fraction
+from featrob import (
+    ConfigError,
+    Metric,
+    MetricResult,
+    Passes,
+    PlanInfo,
+    int_param,
+    parse_fraction,
+)
 from featrob_sensitivity.extremes import feature_extremes
+from featrob_sensitivity.findings import model_findings
 from featrob_sensitivity.measure import FeatureExtremes, entry_params, measure_extremes
 from featrob_sensitivity.report import build_result
 from featrob_sensitivity.theorem import feature_scales, head_weight, margins
@@ -102,6 +111,11 @@ class FeatureSensitivity(Metric):
         "compare": None,
         "bins": 30,
     }
+    budgets: ClassVar[dict[str, dict[str, Any]]] = {
+        "quick": {"samples": 16},
+        # the paper's 512 test images at its four radii (0.04 ... 0.2 standardised)
+        "paper": {"samples": 512, "eps": ["2/255", "3/255", "4/255", "10/255"]},
+    }
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -125,6 +139,21 @@ class FeatureSensitivity(Metric):
             raise ConfigError(f"{self.name}: compare takes a method, a checkpoint or a list")
         o["compare"] = list(compare)
 
+    def passes(self, plan: PlanInfo) -> Passes | None:
+        """Per eps, sample and feature: PGD up and down (``steps`` each, and the check of
+        the best iterate); the robust-accuracy PGD per eps and sample; the clean features;
+        all of it once per compared model."""
+        o = self.options
+        features = plan.num_features if o["features"] == "all" else o["features"]
+        if not features:
+            return None
+        n = min(o["samples"], plan.n_samples)
+        eps = len(o["eps"] or [plan.config.eps])
+        pgd = Passes(forward=o["steps"] + 2, backward=o["steps"])
+        accuracy = Passes(forward=o["accuracy_steps"] + 3, backward=o["accuracy_steps"])
+        one_model = eps * n * (2 * features * pgd + accuracy) + Passes(forward=n)
+        return (1 + len(o["compare"])) * one_model
+
     def compute(self, ctx: RunContext) -> MetricResult:
         """Measure the run's model and every compared one; build tables and figures."""
         positions = self._positions(ctx)
@@ -132,7 +161,9 @@ class FeatureSensitivity(Metric):
         for spec in self.options["compare"]:
             other = ctx.compared(spec).restricted(positions)
             models.append(self.analyse(spec, other))
-        return build_result(models, self.options["bins"])
+        result = build_result(models, self.options["bins"])
+        result.findings = model_findings(models[0], result.summary)
+        return result
 
     def eps_values(self, ctx: RunContext) -> list[float]:
         """The configured eps list, or the run's eps when the run is Linf."""
