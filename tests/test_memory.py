@@ -50,12 +50,23 @@ def test_measured_footprint_is_at_least_the_saved_one_and_grows_with_activations
     x = torch.rand(2, 3, 32, 32)
     small = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten())
     wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Flatten())
-    # a measured peak can only err upwards (an unrelated allocation inside the window, seen
-    # on a loaded machine): the smallest of three measurements is the footprint
-    a = min((footprint(small, x, state_tensors=0) for _ in range(3)), key=lambda f: f.per_input)
-    b = footprint(wide, x, state_tensors=0)
+
+    # a measured peak can only err upwards (an unrelated allocation inside the window: seen
+    # on a loaded machine, and on the first convolution of a process, which sets up its
+    # kernels' workspaces): warm both models up, and take the smallest of three measurements
+    def measured(model: nn.Module):
+        model(x).sum().backward()
+        return min((footprint(model, x, state_tensors=0) for _ in range(3)), key=_per_input)
+
+    a, b = measured(small), measured(wide)
     assert a.per_input >= saved_footprint(small, x).per_input
-    assert b.per_input >= saved_footprint(wide, x).per_input > 4 * a.per_input / 2
+    assert b.per_input >= saved_footprint(wide, x).per_input
+    # 64 channels save 8 times the activations of 8: the measurement grows with them
+    assert b.per_input > 2 * a.per_input
+
+
+def _per_input(fp):
+    return fp.per_input
 
 
 @pytest.mark.skipif(
