@@ -269,7 +269,8 @@ class LayerCollisions(Metric):
                 "saturation": float(np.log(2.0)),
             }
         )
-        fab = self.fab_curve(ctx, xa, xb, ca, cb, eps_grid) if o["fab"] else None
+        keys = np.concatenate([ia, ib])
+        fab = self.fab_curve(ctx, xa, xb, ca, cb, eps_grid, keys) if o["fab"] else None
         if fab is not None:
             summary["fab.clean_error"] = fab["error"][0] if fab["eps"][0] == 0 else None
             summary["fab.median_norm"] = fab["median_norm"]
@@ -283,21 +284,43 @@ class LayerCollisions(Metric):
         )
 
     def fab_curve(
-        self, ctx: RunContext, xa: torch.Tensor, xb: torch.Tensor, ca: int, cb: int, eps: list
+        self,
+        ctx: RunContext,
+        xa: torch.Tensor,
+        xb: torch.Tensor,
+        ca: int,
+        cb: int,
+        eps: list,
+        keys: np.ndarray,
     ) -> dict[str, Any]:
-        """The model's error under untargeted FAB (L2) at each eps, on the pairs' samples."""
-        x = torch.cat([xa, xb]).to(ctx.device)
-        y = torch.cat([torch.full((len(xa),), ca), torch.full((len(xb),), cb)]).to(ctx.device)
+        """The model's error under untargeted FAB (L2) at each eps, on the pairs' samples
+        (``keys``: their sample indices): each sample's smallest perturbation is stored, so
+        a warm run reads it back. FAB starts at the sample (one restart), so a row does not
+        depend on the batch that computed it."""
+        x = torch.cat([xa, xb])
+        y = torch.cat([torch.full((len(xa),), ca), torch.full((len(xb),), cb)])
         attack = ctx.make_attack("fab", eps=float(np.sqrt(x[0].numel())), norm="l2")
-        norms = []
-        for start in range(0, len(x), ctx.config.batch_size):
-            sl = slice(start, start + ctx.config.batch_size)
-            found = attack.minimize(ctx.model, x[sl], y[sl])
+
+        def compute(positions: np.ndarray) -> dict[str, np.ndarray]:
+            rows = torch.as_tensor(positions)
+            xs, ys = x[rows].to(ctx.device), y[rows].to(ctx.device)
+            found = attack.minimize(ctx.model, xs, ys)
             with torch.no_grad():
-                wrong = ctx.model(x[sl]).argmax(1) != y[sl]
+                wrong = ctx.model(xs).argmax(1) != ys
             norm = torch.where(found.success, found.norm, torch.full_like(found.norm, np.inf))
-            norms.append(torch.where(wrong, torch.zeros_like(norm), norm).cpu())
-        norm = torch.cat(norms).double().numpy()
+            norm = torch.where(wrong, torch.zeros_like(norm), norm)
+            return {"norm": norm.double().cpu().numpy()}
+
+        rows = ctx.cached_rows(
+            "collision-fab",
+            {"split": self.options["split"], "attack": attack.spec(), "version": 1},
+            keys.astype(np.int64),
+            compute,
+            batch_size=ctx.config.batch_size,
+            label="collision FAB",
+            precision=False,  # FAB runs in float32 whatever --amp says, as before
+        )
+        norm = np.asarray(rows["norm"], dtype=np.float64)
         grid = [0.0, *eps]
         return {
             "eps": grid,
