@@ -272,9 +272,20 @@ def _print_summary(results: Any, out: Path) -> None:
         console.print(f"[red]{escape(results.status_line)}[/red]")
     for line in results.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(line)}")
+    noted = [(n, w) for n, m in results.metrics.items() if not m.error for w in m.warnings]
+    for name, line in noted[:TERMINAL_METRIC_WARNINGS]:
+        console.print(f"[yellow]{escape(name)}:[/yellow] {escape(line)}")
+    if len(noted) > TERMINAL_METRIC_WARNINGS:
+        more = len(noted) - TERMINAL_METRIC_WARNINGS
+        console.print(f"({more} more metric warnings in the report)")
     for err in results.errors:
         console.print(f"[red]error:[/red] {escape(err)}")
     console.print(f"report: {out.resolve()}")
+
+
+#: Metric warnings (gradient masking suspected, a quick robust accuracy's upper bound, ...)
+#: the terminal summary shows; the reports have all of them.
+TERMINAL_METRIC_WARNINGS = 5
 
 
 #: Findings the terminal summary shows (the reports have all of them).

@@ -215,3 +215,16 @@ def test_metric_pass_counts_bound_what_the_metric_spends(
     instance.compute(ctx)
     assert 0 < counter.forward <= bound.forward
     assert counter.backward <= bound.backward
+
+
+def test_terminal_says_a_quick_robust_accuracy_is_an_upper_bound(tmp_path) -> None:
+    app = create_app(lambda: PluginHost())
+    args = ["run", "-p", "accuracy", "--n-per-class", "2", "--store", "none", "--report", "json"]
+    quick = runner.invoke(app, [*args, "--out", str(tmp_path / "quick")])
+    assert quick.exit_code == 0, quick.output
+    text = " ".join(quick.output.split())  # rich wraps long lines
+    assert "is an upper bound: the quick budget ran only apgd-ce(steps=20)" in text
+    assert "`featrob run --budget standard` runs AutoAttack's standard evaluation" in text
+    explicit = runner.invoke(app, [*args, "--attack", "fgsm", "--out", str(tmp_path / "fgsm")])
+    assert explicit.exit_code == 0, explicit.output
+    assert "upper bound" not in explicit.output
