@@ -30,7 +30,10 @@ def plan_info(config: RunConfig, host: PluginHost) -> PlanInfo:
         num_features = model.num_features
     except Exception:  # a head that does not say its width: metrics needing it say "?"
         num_features = 0
-    make = partial(_make, eps=config.eps, norm=config.norm, seed=config.seed, registry=host.attacks)
+    # the run's threat model; a metric's own keywords (norm="l2", steps=...) override it
+    make = partial(
+        make_attack, eps=config.eps, norm=config.norm, seed=config.seed, registry=host.attacks
+    )
     return PlanInfo(
         config=config,
         n_samples=len(split),
@@ -41,11 +44,6 @@ def plan_info(config: RunConfig, host: PluginHost) -> PlanInfo:
         attacks=[make(spec) for spec in expand_presets(config.attack_specs())],
         make_attack=make,
     )
-
-
-def _make(spec: str, *, eps: float, norm: str, seed: int, registry: Any, **params: Any) -> Any:
-    norm = params.pop("norm", norm)
-    return make_attack(spec, eps=eps, norm=norm, seed=seed, registry=registry, **params)
 
 
 def plan_rows(config: RunConfig, metrics: list[Entry[Any]], info: PlanInfo) -> list[PlanRow]:
