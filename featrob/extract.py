@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from featrob.attacks.base import Attack
+from featrob.attacks.base import Attack, without_early_exit
 from featrob.data.base import DataSplit
 from featrob.models.base import FeatrobModel
 from featrob.progress import ProgressBars
@@ -121,7 +121,9 @@ class Extractor:
     def features(
         self, layers: Sequence[str], attack: Attack | None = None
     ) -> dict[str, FeatureSet]:
-        """Outputs of ``layers`` for every sample of the split, clean or under ``attack``."""
+        """Outputs of ``layers`` for every sample of the split, clean or under ``attack``
+        (run without early exit: features need each sample's strongest point)."""
+        attack = None if attack is None else without_early_exit(attack)
         canon = {name: self.model.resolve_layer(name) for name in layers}
         wanted = sorted(set(canon.values()) | {"logits"})
         pert = attack.spec() if attack is not None else None
@@ -140,9 +142,11 @@ class Extractor:
         return out
 
     def inputs(self, attack: Attack | None = None) -> Tensor:
-        """Model inputs for every sample: clean images, or adversarial ones under ``attack``."""
+        """Model inputs for every sample: clean images, or adversarial ones under ``attack``
+        (run without early exit, as for :meth:`features`)."""
         if attack is None:
             return self.split.float_images()
+        attack = without_early_exit(attack)
         return self._ensure(["input"], attack)["input"]
 
     # ------------------------------------------------------------------ machinery

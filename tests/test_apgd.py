@@ -100,9 +100,11 @@ def test_apgd_family_agrees_with_autoattack_both_norms(norm, which):
         assert abs(a - b) <= 0.01, (norm, which, eps, a, b)
 
 
-def test_broken_at_any_iterate_counts():
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_broken_at_any_iterate_counts(early_exit):
     """The return rule: a sample misclassified at any iterate is returned at that iterate, even
-    when later iterates have a higher loss but are classified correctly."""
+    when later iterates have a higher loss but are classified correctly. With early exit the
+    attack stops there; without it, it runs the whole budget."""
     model = reference_model()
     x, y, seeds = reference_data(60)
     with torch.no_grad():
@@ -117,8 +119,10 @@ def test_broken_at_any_iterate_counts():
             out = out - 100 * torch.nn.functional.one_hot(out.argmax(1), out.shape[1])
         return out
 
-    adv = APGD(eps=0.002, steps=20).perturb(flaky, x, y, sample_seeds=seeds)  # too small to break
-    assert len(seen) == 22  # clean check, start point, one pass per step
+    attack = APGD(eps=0.002, steps=20, early_exit=early_exit)  # too small to break
+    adv = attack.perturb(flaky, x, y, sample_seeds=seeds)
+    # clean check, start point, one pass per step (early exit: none after the 3rd step)
+    assert len(seen) == (5 if early_exit else 22)
     torch.testing.assert_close(adv, seen[4])
 
 

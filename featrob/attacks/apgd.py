@@ -15,12 +15,16 @@ APGD is PGD without a step size to tune. With ``N`` iterations:
   steps, or (2) the step size was not halved at the previous checkpoint and the best loss did
   not improve since then.
 
-Return rule (as AutoAttack): a sample counts as broken if ANY iterate is misclassified; featrob
-then returns the highest-loss misclassified iterate, else the highest-loss iterate.
+Return rule (as AutoAttack): a sample counts as broken if ANY iterate is misclassified. With
+``early_exit`` (the default) featrob returns the first misclassified iterate and stops
+computing that sample (AutoAttack runs every sample for the whole budget); with
+``early_exit=False`` it returns the highest-loss misclassified iterate. Either way a sample
+never broken gets its highest-loss iterate, and the robust flags are the same.
 
 Everything is batched and per-sample: step sizes, checkpoint decisions and random starts
-(drawn from per-sample seeds, so results do not depend on the batch); the step loop has no
-host-device synchronisation.
+(drawn from per-sample seeds, so results do not depend on the batch). Without early exit the
+step loop has no host-device synchronisation; with it, one per exit check (every step on a
+CPU, every :data:`~featrob.attacks.base.EXIT_CHECK_EVERY_ACCELERATOR` steps elsewhere).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from featrob.attacks.base import (
     SuccessFn,
     better_iterate,
     cross_entropy,
+    exit_interval,
     expand_batch,
     finite_score,
     flat_norm,
@@ -72,6 +77,13 @@ class APGD(Attack):
         restarts: random restarts; each runs only on samples not yet broken.
         rho: the checkpoint threshold of condition (1).
         momentum: ``a`` of the momentum step.
+        early_exit (True): stop spending passes on a sample once an iterate is
+            adversarial (misclassified, inside the ball and the box) and return that first
+            adversarial iterate. The robust flags are exactly those of a full run (a sample
+            still running follows the same path); the returned points of broken samples, and
+            so their margins and losses, are not the highest-loss ones. ``False`` runs every
+            sample for the whole budget, as AutoAttack does, for callers that need the points.
+            Without a success test (a custom loss) nothing exits early.
     """
 
     name: ClassVar[str] = "apgd-ce"
@@ -81,6 +93,7 @@ class APGD(Attack):
         "restarts": 1,
         "rho": 0.75,
         "momentum": 0.75,
+        "early_exit": True,
     }
 
     def __init__(self, eps: float, norm: str = "linf", seed: int = 0, **params: Any) -> None:
@@ -90,6 +103,7 @@ class APGD(Attack):
         p["restarts"] = int_param(self.name, "restarts", p["restarts"], 1)
         p["rho"] = float_param(self.name, "rho", p["rho"])
         p["momentum"] = float_param(self.name, "momentum", p["momentum"])
+        p["early_exit"] = bool_param(self.name, "early_exit", p["early_exit"])
         if "n_target_classes" in p:
             p["n_target_classes"] = int_param(
                 self.name, "n_target_classes", p["n_target_classes"], 1
@@ -193,9 +207,19 @@ class APGD(Attack):
         seeds: Tensor,
         stream: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One APGD run. Returns (returned point, its loss, broken at any iterate)."""
+        """One APGD run. Returns (returned point, its loss, broken at any iterate).
+
+        With ``early_exit`` (and a success test) a sample's returned point is its first
+        successful iterate, and the sample leaves the batch at the next exit check
+        (:func:`~featrob.attacks.base.exit_interval`): every per-sample state (iterate,
+        previous iterate, gradient, step size, best point, loss history, checkpoint flags)
+        is indexed down to the samples still running, whose path does not change, since
+        every quantity of a step is computed per sample.
+        """
         steps, rho, a = self.params["steps"], self.params["rho"], self.params["momentum"]
         n = len(x)
+        early = bool(self.params["early_exit"]) and success_fn is not None
+        every = exit_interval(x.device)
         x_adv = self._init(x, seeds, stream)
         out, loss, grad = self.loss_and_grad(forward, x_adv, y, loss_fn)
         score = finite_score(loss)
@@ -203,6 +227,9 @@ class APGD(Attack):
         # best-loss point (drives restarts from the best) and returned point
         x_best, loss_best, grad_best = x_adv.clone(), score.clone(), grad.clone()
         ret_x, ret_loss, ret_ok = x_adv.clone(), score.clone(), ok.clone()
+        # the results of every sample (written when a sample leaves, and at the end)
+        res_x, res_loss, res_ok = ret_x.clone(), ret_loss.clone(), ret_ok.clone()
+        rows = torch.arange(n, device=x.device)  # positions of the samples still running
         history = torch.empty(steps + 1, n, dtype=torch.float64, device=x.device)
         history[0] = score
         step = torch.full((n,), 2.0 * self.eps, dtype=x.dtype, device=x.device)
@@ -213,6 +240,19 @@ class APGD(Attack):
         x_prev = x_adv
         proj = self._projector(x)
         for i in range(steps):
+            if early and i % every == 0 and bool(ret_ok.any()):
+                gone, keep = ret_ok.nonzero().squeeze(1), (~ret_ok).nonzero().squeeze(1)
+                res_x[rows[gone]], res_loss[rows[gone]] = ret_x[gone], ret_loss[gone]
+                res_ok[rows[gone]] = True
+                rows = rows[keep]
+                if not len(rows):
+                    return res_x, res_loss, res_ok
+                x, y, x_adv, x_prev, grad = x[keep], y[keep], x_adv[keep], x_prev[keep], grad[keep]
+                x_best, loss_best, grad_best = x_best[keep], loss_best[keep], grad_best[keep]
+                ret_x, ret_loss, ret_ok = ret_x[keep], ret_loss[keep], ret_ok[keep]
+                step, reduced_before = step[keep], reduced_before[keep]
+                best_at_check, history = best_at_check[keep], history[:, keep]
+                proj = self._projector(x)
             moment = 1.0 if i == 0 else a
             z = proj(
                 torch.addcmul(x_adv, expand_batch(step, x_adv), steepest_direction(grad, self.norm))
@@ -223,8 +263,10 @@ class APGD(Attack):
             out, loss, grad = self.loss_and_grad(forward, x_adv, y, loss_fn)
             score = finite_score(loss)
             history[i + 1] = score
-            ok_now = self._success(success_fn, out, y, n, x.device)
+            ok_now = self._success(success_fn, out, y, len(x), x.device)
             take = better_iterate(score, ok_now, ret_loss, ret_ok)
+            if early:  # the first successful iterate stays
+                take &= ~ret_ok
             ret_x = torch.where(expand_batch(take, x_adv), x_adv, ret_x)
             ret_loss = torch.where(take, score, ret_loss)
             ret_ok = ret_ok | ok_now
@@ -245,7 +287,8 @@ class APGD(Attack):
                 grad = torch.where(expand_batch(reduce, grad), grad_best, grad)
                 reduced_before, best_at_check = reduce, loss_best.clone()
                 window_start = i + 1
-        return ret_x, ret_loss, ret_ok
+        res_x[rows], res_loss[rows], res_ok[rows] = ret_x, ret_loss, ret_ok
+        return res_x, res_loss, res_ok
 
     @staticmethod
     def _success(
@@ -333,27 +376,38 @@ class APGDTargeted(APGD):
             todo = torch.nonzero(~broken).squeeze(1)
             if len(todo) == 0:
                 break
-            tgt = targets[todo, j]
-
-            def targeted(out: Tensor, labels: Tensor, tgt: Tensor = tgt) -> Tensor:
-                return dlr_targeted_loss(out, labels, tgt)
-
+            # labels and targets travel together, so the runs can drop broken samples
+            pair = torch.stack((y[todo], targets[todo, j]), 1)
             adv, ok = self._restarts(
                 forward,
                 x[todo],
-                y[todo],
-                targeted,
-                success_fn,
+                pair,
+                _pair_targeted_dlr,
+                _on_labels(success_fn),
                 seeds[todo],
                 stream_base=j * self.params["restarts"],
             )
             with torch.no_grad():
-                loss_j = finite_score(targeted(forward(adv), y[todo]))
+                loss_j = finite_score(_pair_targeted_dlr(forward(adv), pair))
             take = ok | (~broken[todo] & (loss_j > best_loss[todo]))
             result[todo] = torch.where(expand_batch(take, adv), adv, result[todo])
             best_loss[todo] = torch.where(take, loss_j, best_loss[todo])
             broken[todo] |= ok
         return result
+
+
+def _pair_targeted_dlr(logits: Tensor, pair: Tensor) -> Tensor:
+    """Targeted DLR with ``pair[:, 0]`` the labels and ``pair[:, 1]`` the targets."""
+    return dlr_targeted_loss(logits, pair[:, 0], pair[:, 1])
+
+
+def _on_labels(success_fn: SuccessFn) -> SuccessFn:
+    """``success_fn`` reading the labels from a ``[B, 2]`` (label, target) pair."""
+
+    def success(logits: Tensor, pair: Tensor) -> Tensor:
+        return success_fn(logits, pair[:, 0])
+
+    return success
 
 
 def _checked_classes(forward: Forward, attack: str, minimum: int) -> Forward:

@@ -141,6 +141,10 @@ class Attack(ABC):
         with ``n_classes`` classes (for ``featrob run --check``); None: not estimated."""
         return None
 
+    def with_params(self, **params: Any) -> Attack:
+        """A copy of this attack (same eps, norm and seed) with some parameters replaced."""
+        return type(self)(self.eps, self.norm, self.seed, **{**self.params, **params})
+
     def __call__(self, model: Forward, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
         """Shorthand for :meth:`perturb`."""
         return self.perturb(model, x, y, **kwargs)
@@ -255,6 +259,33 @@ class MinimumNormAttack(Attack):
         found = self.minimize(forward, x, y, sample_seeds=sample_seeds)
         ok = found.success & (found.norm <= self.eps * (1 + 1e-6))
         return torch.where(ok.view(-1, *([1] * (x.dim() - 1))), found.x_adv, x.clamp(0, 1))
+
+
+# ---------------------------------------------------------------------- early exit
+#: How often (in steps) an attack on an accelerator looks for samples it can stop spending
+#: passes on. Shrinking the active batch needs the broken flags on the host: free on a CPU,
+#: one synchronisation (a stall of the launch queue) on a GPU. Checking every 4th step costs
+#: at most 3 wasted steps per broken sample and one sync per 4 steps. The returned points
+#: never depend on it: an attack with early exit returns each sample's first successful
+#: iterate, however late it stops computing that sample.
+EXIT_CHECK_EVERY_ACCELERATOR = 4
+
+
+def exit_interval(device: torch.device) -> int:
+    """Steps between two early-exit checks on ``device``: every step on a CPU, else
+    :data:`EXIT_CHECK_EVERY_ACCELERATOR`."""
+    return 1 if device.type == "cpu" else EXIT_CHECK_EVERY_ACCELERATOR
+
+
+def without_early_exit(attack: Attack) -> Attack:
+    """``attack`` with ``early_exit=False`` where it has that parameter (else unchanged).
+
+    For callers that use the adversarial points, not only the flags: features at attacked
+    inputs, adversarial training, attacks run on a surrogate and judged on another model.
+    """
+    if attack.params.get("early_exit"):
+        return attack.with_params(early_exit=False)
+    return attack
 
 
 # ---------------------------------------------------------------------- iterate bookkeeping

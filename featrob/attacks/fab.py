@@ -36,66 +36,28 @@ import torch
 from torch import Tensor
 
 from featrob import seeding
-from featrob.attacks.base import Forward, MinimumNormAttack, MinNormResult, flat_norm
+from featrob.attacks.base import (
+    Forward,
+    LossFn,
+    MinimumNormAttack,
+    MinNormResult,
+    SuccessFn,
+    exit_interval,
+    flat_norm,
+)
 from featrob.attacks.fab_projections import project_l2, project_linf
+from featrob.attacks.fab_steps import (
+    JACOBIANS,
+    _is_adversarial,
+    _jacobian_loop,
+    _jacobian_vmap,
+)
 from featrob.attacks.losses import top_targets
 from featrob.errors import ConfigError
-from featrob.options import float_param, int_param
+from featrob.options import bool_param, float_param, int_param
 from featrob.plan import Passes
 
-JACOBIANS = ("vmap", "loop")
 _TINY = 1e-12
-
-
-def _is_adversarial(
-    logits: Tensor, y: Tensor, target: Tensor | None, pairwise: bool = False
-) -> Tensor:
-    """``[B]`` bool: prediction is ``target`` (or differs from ``y`` where ``target`` is None;
-    with ``pairwise``, ``f_target > f_y`` whatever the other classes do); rows with
-    non-finite logits never count."""
-    finite = torch.isfinite(logits).all(1)
-    if pairwise and target is not None:
-        rows = torch.arange(len(logits), device=logits.device)
-        return finite & (logits[rows, target] > logits[rows, y])
-    pred = logits.argmax(1)
-    hit = pred != y if target is None else pred == target
-    return finite & hit
-
-
-def _differentiable(logits: Tensor) -> Tensor:
-    """``logits``, or :class:`ConfigError` when they do not depend on the input."""
-    if not logits.requires_grad:
-        raise ConfigError(
-            "fab: the logits do not depend differentiably on the input; "
-            "FAB needs a differentiable forward"
-        )
-    return logits
-
-
-def _jacobian_vmap(forward: Forward, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits ``[B, K]`` and their Jacobian ``[B, K, *x.shape[1:]]``: one forward, and one
-    backward vectorised over the K one-hot cotangents (``torch.func.vjp`` + ``vmap``)."""
-    with torch.no_grad():  # the outer no_grad keeps parameters out of the graph
-        logits, vjp_fn = torch.func.vjp(lambda inp: _differentiable(forward(inp)), x)
-        k = logits.shape[1]
-        eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
-        (jac,) = torch.func.vmap(vjp_fn)(eye[:, None, :].expand(k, len(x), k))
-    return logits, jac.movedim(0, 1)
-
-
-def _jacobian_loop(forward: Forward, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Same as :func:`_jacobian_vmap` with K backward passes through a retained graph."""
-    with torch.enable_grad():
-        x_in = x.detach().requires_grad_(True)
-        logits = _differentiable(forward(x_in))
-        k = logits.shape[1]
-        rows = []
-        for j in range(k):
-            (g,) = torch.autograd.grad(
-                logits[:, j].sum(), x_in, retain_graph=j < k - 1, allow_unused=True
-            )
-            rows.append(torch.zeros_like(x_in) if g is None else g)
-    return logits.detach(), torch.stack(rows, 1)
 
 
 class FAB(MinimumNormAttack):
@@ -128,6 +90,11 @@ class FAB(MinimumNormAttack):
             took 5.8-6.2 s against 7.2-8.1 s (one Jacobian 50 ms against 63 ms; with one
             thread 8.5 s against 11.6 s). vmap wins on small batches (32 images: 5 ms
             against 9 ms; break-even near 128), so try it for small batches or a GPU.
+        early_exit (True): in :meth:`perturb` only, stop computing a sample once an
+            adversarial iterate within ``eps`` is found, and return that first one (the
+            flags are those of a full run; the points are not the smallest found by a full
+            run). Also restarts and targets then run only on samples not yet broken within
+            ``eps``, as in AutoAttack. :meth:`minimize` always runs the whole budget.
 
     A step costs one Jacobian (untargeted) or one gradient (targeted) plus one forward to
     check the new iterate. Gradients are taken w.r.t. the input only; parameter ``.grad``
@@ -144,6 +111,7 @@ class FAB(MinimumNormAttack):
         "eta": 1.05,
         "beta": 0.9,
         "jacobian": "loop",
+        "early_exit": True,
     }
 
     def __init__(self, eps: float, norm: str = "linf", seed: int = 0, **params: Any) -> None:
@@ -151,6 +119,7 @@ class FAB(MinimumNormAttack):
         p = self.params
         p["steps"] = int_param(self.name, "steps", p["steps"], 0)
         p["restarts"] = int_param(self.name, "restarts", p["restarts"], 1)
+        p["early_exit"] = bool_param(self.name, "early_exit", p["early_exit"])
         for key in ("alpha_max", "eta", "beta"):
             p[key] = float_param(self.name, key, p[key], positive=key != "alpha_max")
         if p["alpha_max"] > 1 or p["beta"] > 1:
@@ -190,6 +159,40 @@ class FAB(MinimumNormAttack):
             pairwise: with ``target``, success means ``f_target > f_y`` (see the class
                 docstring) instead of "classified as ``target``".
         """
+        return self._minimize(forward, x, y, target, sample_seeds, pairwise, stop_at=None)
+
+    def perturb(
+        self,
+        forward: Forward,
+        x: Tensor,
+        y: Tensor,
+        *,
+        loss: LossFn | None = None,
+        success: SuccessFn | None = None,
+        sample_seeds: Tensor | None = None,
+    ) -> Tensor:
+        """The first (``early_exit``) or smallest adversarial input found within ``eps``,
+        else ``x``."""
+        if loss is not None:
+            raise ConfigError(f"{self.name} is a minimum-norm attack on logits; it takes no loss")
+        limit = self.eps * (1 + 1e-6)
+        stop_at = limit if self.params["early_exit"] else None
+        found = self._minimize(forward, x, y, None, sample_seeds, False, stop_at=stop_at)
+        ok = found.success & (found.norm <= limit)
+        return torch.where(ok.view(-1, *([1] * (x.dim() - 1))), found.x_adv, x.clamp(0, 1))
+
+    def _minimize(
+        self,
+        forward: Forward,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        sample_seeds: Tensor | None,
+        pairwise: bool,
+        stop_at: float | None,
+    ) -> MinNormResult:
+        """:meth:`minimize`; with ``stop_at``, a sample stops at its first adversarial
+        iterate of norm <= ``stop_at``."""
         x0, y, seeds = self._prepare(x, y, sample_seeds)
         if target is not None:
             target = torch.as_tensor(target, device=x0.device).long()
@@ -211,6 +214,7 @@ class FAB(MinimumNormAttack):
                 best_x[todo],
                 best_norm[todo],
                 pairwise=pairwise,
+                stop_at=stop_at,
             )
             best_x[todo], best_norm[todo] = bx, bn
         return MinNormResult(best_x, best_norm, torch.isfinite(best_norm))
@@ -238,15 +242,16 @@ class FAB(MinimumNormAttack):
         best_x: Tensor,
         best_norm: Tensor,
         pairwise: bool = False,
+        stop_at: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """All restarts on ``x0``; ``target`` picks the hyperplane (None: closest of all),
         ``hit`` the success test (None: misclassified; ``pairwise``: ``f_hit > f_y``).
-        Returns the improved best."""
+        Returns the improved best (``stop_at``: see :meth:`_run`)."""
         jac = self._jacobian_fn()
         for r in range(self.params["restarts"]):
             start = x0 if r == 0 else self._random_start(x0, seeds, best_norm, r)
             best_x, best_norm = self._run(
-                forward, jac, x0, start, y, target, hit, best_x, best_norm, pairwise
+                forward, jac, x0, start, y, target, hit, best_x, best_norm, pairwise, stop_at
             )
         return best_x, best_norm
 
@@ -327,15 +332,39 @@ class FAB(MinimumNormAttack):
         best_x: Tensor,
         best_norm: Tensor,
         pairwise: bool = False,
+        stop_at: float | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """One FAB run from ``start``; returns the best ``(x, norm)`` including earlier ones."""
+        """One FAB run from ``start``; returns the best ``(x, norm)`` including earlier ones.
+
+        With ``stop_at`` (early exit) a sample whose best norm is <= ``stop_at`` keeps that
+        point and leaves the batch at the next exit check
+        (:func:`~featrob.attacks.base.exit_interval`); the others follow the same path.
+        """
         p, shape, b = self.params, x0.shape, len(x0)
         alpha_max, eta, beta = p["alpha_max"], p["eta"], p["beta"]
         x0f = x0.flatten(1)
         xf = start.flatten(1)
         best_f = best_x.flatten(1)
-        for _ in range(p["steps"]):
-            df, dg = self._hyperplane(forward, jac, xf.view(shape), y, target)
+        res_f, res_norm = best_f.clone(), best_norm.clone()
+        rows = torch.arange(b, device=x0.device)  # positions of the samples still running
+        every = exit_interval(x0.device)
+        for i in range(p["steps"]):
+            if stop_at is not None and i % every == 0:
+                done = best_norm <= stop_at
+                if bool(done.any()):
+                    gone, keep = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
+                    res_f[rows[gone]], res_norm[rows[gone]] = best_f[gone], best_norm[gone]
+                    rows = rows[keep]
+                    if not len(rows):
+                        return res_f.view(shape), res_norm
+                    xf, x0f, best_f, best_norm, y = (
+                        t[keep] for t in (xf, x0f, best_f, best_norm, y)
+                    )
+                    target = None if target is None else target[keep]
+                    hit = None if hit is None else hit[keep]
+            n_run = len(rows)
+            run_shape = (n_run, *shape[1:])
+            df, dg = self._hyperplane(forward, jac, xf.view(run_shape), y, target)
             ok = torch.isfinite(df) & torch.isfinite(dg).all(1)
             df = torch.where(ok, df, torch.zeros_like(df))
             dg = torch.where(ok[:, None], dg, torch.zeros_like(dg))
@@ -344,17 +373,20 @@ class FAB(MinimumNormAttack):
             d = self._project(torch.cat((xf, x0f)), dg.repeat(2, 1), offset.repeat(2))
             d = torch.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)
             size = flat_norm(d, self.norm).clamp_min(1e-8)
-            d1, d2 = d[:b], d[b:]
-            alpha = (size[:b] / (size[:b] + size[b:])).clamp(0, alpha_max)[:, None]
+            d1, d2 = d[:n_run], d[n_run:]
+            alpha = (size[:n_run] / (size[:n_run] + size[n_run:])).clamp(0, alpha_max)[:, None]
             xf = ((xf + eta * d1) * (1 - alpha) + (x0f + eta * d2) * alpha).clamp(0, 1)
             with torch.no_grad():
-                adv = _is_adversarial(forward(xf.view(shape)), y, hit, pairwise)
+                adv = _is_adversarial(forward(xf.view(run_shape)), y, hit, pairwise)
             dist = flat_norm(xf - x0f, self.norm)
             better = adv & (dist < best_norm)
+            if stop_at is not None:  # the first point within stop_at stays
+                better &= best_norm > stop_at
             best_f = torch.where(better[:, None], xf, best_f)
             best_norm = torch.where(better, dist, best_norm)
             xf = torch.where(adv[:, None], x0f + beta * (xf - x0f), xf)
-        return best_f.view(shape), best_norm
+        res_f[rows], res_norm[rows] = best_f, best_norm
+        return res_f.view(shape), res_norm
 
 
 class FABTargeted(FAB):
@@ -395,21 +427,19 @@ class FABTargeted(FAB):
         runs = self.params["steps"] * self.params["restarts"] * targets
         return Passes(forward=2 * runs + 1, backward=runs)
 
-    def minimize(
+    def _minimize(
         self,
         forward: Forward,
         x: Tensor,
         y: Tensor,
-        *,
-        target: Tensor | None = None,
-        sample_seeds: Tensor | None = None,
-        pairwise: bool = False,
+        target: Tensor | None,
+        sample_seeds: Tensor | None,
+        pairwise: bool,
+        stop_at: float | None,
     ) -> MinNormResult:
         """FAB-T's smallest misclassifying perturbation; see the class docstring."""
         if target is not None:
-            return super().minimize(
-                forward, x, y, target=target, sample_seeds=sample_seeds, pairwise=pairwise
-            )
+            return super()._minimize(forward, x, y, target, sample_seeds, pairwise, stop_at)
         x0, y, seeds = self._prepare(x, y, sample_seeds)
         with torch.no_grad():
             logits = forward(x0)
@@ -431,6 +461,7 @@ class FABTargeted(FAB):
                 None,
                 best_x[todo],
                 best_norm[todo],
+                stop_at=stop_at,
             )
             best_x[todo], best_norm[todo] = bx, bn
         return MinNormResult(best_x, best_norm, torch.isfinite(best_norm))

@@ -22,6 +22,7 @@ from featrob.attacks.base import (
     LossFn,
     SuccessFn,
     better_iterate,
+    exit_interval,
     expand_batch,
     finite_score,
     project,
@@ -69,10 +70,19 @@ class PGD(Attack):
             with a decaying schedule the option is refused. It pays where many replicas stall
             early (a ReLU feature pushed to 0, a zero gradient), as in the sensitivity
             plugin; it costs one host-device sync per step, so it is off by default.
+        early_exit (True): with a success test, stop computing a replica once an iterate
+            succeeds and keep that first successful iterate as the replica's result (the best
+            over restarts is then the highest-loss first success). The success flags are those
+            of a full run; the points of successful samples are not the highest-loss ones.
+            Exit checks run every step on a CPU and every
+            :data:`~featrob.attacks.base.EXIT_CHECK_EVERY_ACCELERATOR` steps elsewhere (one
+            host-device sync each); the result does not depend on when they run. ``False``
+            for callers that use the points (adversarial training does).
 
-    Best iterate: when ``success`` is given (the default for the default cross-entropy loss
-    is "misclassified"), a successful iterate beats any unsuccessful one and among iterates
-    of the same success the highest loss wins (ties keep the earlier iterate/restart).
+    Best iterate (without early exit): when ``success`` is given (the default for the
+    default cross-entropy loss is "misclassified"), a successful iterate beats any
+    unsuccessful one and among iterates of the same success the highest loss wins (ties keep
+    the earlier iterate/restart).
     Without ``success`` the highest-loss iterate wins. A NaN loss counts as -inf.
 
     Gradients come from ``torch.autograd.grad`` w.r.t. the input only, under
@@ -91,6 +101,7 @@ class PGD(Attack):
         "schedule": "constant",
         "batch_restarts": True,
         "drop_stationary": False,
+        "early_exit": True,
     }
 
     def __init__(self, eps: float, norm: str = "linf", seed: int = 0, **params: Any) -> None:
@@ -101,7 +112,7 @@ class PGD(Attack):
         for key in ("step_size", "rel_step_size"):
             if p[key] is not None:
                 p[key] = float_param(self.name, key, p[key])
-        for key in ("random_start", "batch_restarts", "drop_stationary"):
+        for key in ("random_start", "batch_restarts", "drop_stationary", "early_exit"):
             p[key] = bool_param(self.name, key, p[key])
         if p["schedule"] not in SCHEDULES:
             close = difflib.get_close_matches(str(p["schedule"]), SCHEDULES, n=1)
@@ -222,6 +233,8 @@ class PGD(Attack):
         best_ok = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         # The replicas still moving (None: all of them, without the indexing cost).
         active: Tensor | None = None
+        early = bool(self.params["early_exit"]) and success_fn is not None
+        every = exit_interval(x.device)
 
         def update(x_it: Tensor, out: Tensor, value: Tensor, y_it: Tensor) -> None:
             score = finite_score(value)
@@ -232,28 +245,36 @@ class PGD(Attack):
                     ok = success_fn(out.detach(), y_it).to(device=x.device, dtype=torch.bool)
             if active is None:
                 better = better_iterate(score, ok, best_loss, best_ok)
+                if early:  # the first successful iterate stays
+                    better &= ~best_ok
                 best_x.copy_(torch.where(expand_batch(better, x_it), x_it, best_x))
                 best_loss.copy_(torch.where(better, score, best_loss))
                 best_ok.copy_(torch.where(better, ok, best_ok))
                 return
             old_x, old_loss, old_ok = best_x[active], best_loss[active], best_ok[active]
             better = better_iterate(score, ok, old_loss, old_ok)
+            if early:
+                better &= ~old_ok
             best_x[active] = torch.where(expand_batch(better, x_it), x_it, old_x)
             best_loss[active] = torch.where(better, score, old_loss)
             best_ok[active] = torch.where(better, ok, old_ok)
 
         x0, y_act = x, y
-        for size in self.step_sizes():
+        for t, size in enumerate(self.step_sizes()):
             out, value, grad = self.loss_and_grad(forward, x_cur, y_act, loss_fn)
             update(x_cur, out, value, y_act)
             stepped = x_cur + size * steepest_direction(grad, norm)
             x_new = (x0 + project(stepped - x0, eps, norm)).clamp(0, 1)
+            running = None
             if self.params["drop_stationary"]:
-                moving = (x_new != x_cur).flatten(1).any(1)
-                if not bool(moving.all()):
-                    keep = moving.nonzero().squeeze(1)
-                    active = keep if active is None else active[keep]
-                    x_new, x0, y_act = x_new[keep], x0[keep], y_act[keep]
+                running = (x_new != x_cur).flatten(1).any(1)
+            if early and t % every == 0:
+                unbroken = ~(best_ok if active is None else best_ok[active])
+                running = unbroken if running is None else running & unbroken
+            if running is not None and not bool(running.all()):
+                keep = running.nonzero().squeeze(1)
+                active = keep if active is None else active[keep]
+                x_new, x0, y_act = x_new[keep], x0[keep], y_act[keep]
                 if len(x_new) == 0:
                     return best_x, best_loss, best_ok
             x_cur = x_new

@@ -4,8 +4,12 @@
 adversarial example itself on the target model (inside the eps ball and the [0, 1] box,
 misclassified), and keeps per sample: robust or not, which attack broke it, the lowest
 margin (true logit minus best other logit) any attack reached, that point's perturbation
-norm, and the seed. Attacks may run on a surrogate (an ensemble, or the target through BPDA)
-and are always judged on the target.
+norm, and the seed. Attacks with early exit (the default of APGD, FAB and PGD) stop on a
+sample at its first adversarial point: the flags are those of a full run, but a broken
+sample's margin is that point's, not the lowest reachable; ask for ``early_exit=False``
+(``"apgd-ce(early_exit=false)"``) where the margins of broken samples matter. The store
+keys the two modes apart (the parameter is part of the attack's spec). Attacks may run on a
+surrogate (an ensemble, or the target through BPDA) and are always judged on the target.
 
 With a feature store, every attack's per-sample record is written batch by batch: a killed
 evaluation resumes with what it finished, and a later evaluation that adds an attack reuses
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from featrob.attacks.base import Attack, flat_norm
+from featrob.attacks.base import Attack, flat_norm, without_early_exit
 from featrob.attacks.checks import (
     check_outputs,
     check_randomized,
@@ -55,6 +59,10 @@ class Plan:
             surrogate is not a FeatrobModel with a fingerprint).
         bpda: differentiate through BPDA substitutes of the attacked model's modules.
         label: name in reports (default ``attack@surrogate``).
+
+    An attack on a surrogate runs without early exit (:func:`without_early_exit`): the
+    surrogate's first success need not fool the target, the strongest point more likely
+    does, so stopping early would change the target's robust flags.
     """
 
     attack: Attack
@@ -64,6 +72,8 @@ class Plan:
     label: str = ""
 
     def __post_init__(self) -> None:
+        if self.surrogate is not None:
+            self.attack = without_early_exit(self.attack)
         if not self.label:
             where = self.surrogate_name or ("surrogate" if self.surrogate is not None else "")
             self.label = (
@@ -94,7 +104,13 @@ class Plan:
 
 @dataclass
 class StepSummary:
-    """What one attack did."""
+    """What one attack did.
+
+    ``early_exit`` says which mode produced the step's per-sample records: True, the attack
+    stopped on each sample at its first adversarial point (margins and norms of broken
+    samples are those of that point); False, it ran the whole budget; None, the attack has
+    no such option (Square always stops at a sample's first success, as in AutoAttack).
+    """
 
     label: str
     spec: dict[str, Any]
@@ -103,6 +119,7 @@ class StepSummary:
     robust_after: float
     seconds: float
     from_store: int = 0
+    early_exit: bool | None = None
 
 
 @dataclass
@@ -284,6 +301,7 @@ def evaluate(
                 robust_after=float(robust.double().mean()),
                 seconds=time.perf_counter() - start,
                 from_store=reused,
+                early_exit=plan.attack.params.get("early_exit"),
             )
         )
     if check:

@@ -63,7 +63,9 @@ class RobustAccuracy(Metric):
     robust; a sample is robust only if it is classified correctly clean and no attack broke
     it. The result keeps, per sample, which
     attack broke it, the lowest margin reached and that point's perturbation norm, and the
-    gradient-masking checks' warnings.
+    gradient-masking checks' warnings. Attacks stop on a sample at its first adversarial point
+    (early exit; the ``attacks`` table's ``early_exit`` column): for broken samples the margin
+    and norm are that point's; ``--attack "apgd-ce(early_exit=false)"`` runs the full budget.
     """
 
     name: ClassVar[str] = "robust_accuracy"
@@ -93,6 +95,7 @@ class RobustAccuracy(Metric):
                 "robust_after": s.robust_after,
                 "seconds": round(s.seconds, 3),
                 "from_store": s.from_store,
+                "early_exit": s.early_exit,
                 "params": s.spec["attack"]["params"],
             }
             for s in ev.steps

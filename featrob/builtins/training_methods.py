@@ -26,8 +26,9 @@ class StandardTraining(TrainingMethod):
 
 
 def _pgd(method: TrainingMethod, steps: int):
-
-    return PGD(eps=method.eps, norm=method.norm, steps=steps, random_start=True)
+    """PGD for training: every sample gets its highest-loss point (no early exit, which
+    would hand the update the first misclassified, weaker point)."""
+    return PGD(eps=method.eps, norm=method.norm, steps=steps, random_start=True, early_exit=False)
 
 
 class PGDTraining(TrainingMethod):
