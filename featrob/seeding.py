@@ -41,6 +41,15 @@ def _splitmix64(z: Tensor) -> Tensor:
     return z ^ _shr(z, 31)
 
 
+def _splitmix64_int(value: int) -> int:
+    """:func:`_splitmix64` of one value in Python integers (no tensor, no device copy)."""
+    mask = (1 << 64) - 1
+    z = (value + _GOLDEN) & mask
+    z = ((z ^ (z >> 30)) * (_M1 & mask)) & mask
+    z = ((z ^ (z >> 27)) * (_M2 & mask)) & mask
+    return _signed(z ^ (z >> 31))
+
+
 def derive_seed(seed: int, *names: object) -> int:
     """A 63-bit seed for a named purpose (``derive_seed(0, "metric", "scale")``)."""
     text = "/".join([str(seed), *map(str, names)]).encode()
@@ -60,10 +69,9 @@ def random_bits(seeds: Tensor, shape: tuple[int, ...], stream: int = 0) -> Tenso
     n = 1
     for dim in shape:
         n *= int(dim)
-    stream_key = _splitmix64(
-        torch.tensor(stream + _STREAM_SALT, dtype=torch.int64, device=s.device)
-    )
-    key = _splitmix64(s ^ stream_key)
+    # the stream's key in Python integers: a tensor here would be one host-to-device copy
+    # per draw on a GPU (Square draws once per query)
+    key = _splitmix64(s ^ _splitmix64_int(stream + _STREAM_SALT))
     counters = torch.arange(n, dtype=torch.int64, device=s.device) * _GOLDEN
     return _splitmix64(key[:, None] ^ counters[None, :]).reshape(len(s), *shape)
 

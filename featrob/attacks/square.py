@@ -222,24 +222,47 @@ class SquareAttack(Attack):
     def _run(
         self, forward: Forward, x: Tensor, y: Tensor, seeds: Tensor, restart: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One Square run on every sample of ``x``: best point, its margin, queries used."""
+        """One Square run on every sample of ``x``: best point, its margin, queries used.
+
+        The samples still robust are kept in their own compact tensors (their inputs, box
+        bounds, seeds, labels, best points and margins), indexed down only when a sample
+        breaks: an iteration costs the query and the candidate, not a gather and a scatter
+        of every per-sample tensor.
+        """
         x_best = self._start(x, seeds, restart)
         margin = _margin(forward(x_best), y)
         queries = torch.ones(len(x), dtype=torch.int64, device=x.device)
+        propose = self._linf_candidate if self.norm == "linf" else self._l2_candidate
+        rows = (margin > 0).nonzero().squeeze(1)
+        xa, ba, sa, ya, ma = x[rows], x_best[rows], seeds[rows], y[rows], margin[rows]
+        box = self._box(xa)
+        done_its = 0
         for it in range(self.params["n_queries"]):
-            idx = (margin > 0).nonzero().squeeze(1)
-            if idx.numel() == 0:  # known on the host after nonzero(): no extra sync
+            if rows.numel() == 0:  # known on the host after nonzero(): no extra sync
                 break
-            x_cur, best_cur, s_cur = x[idx], x_best[idx], seeds[idx]
-            propose = self._linf_candidate if self.norm == "linf" else self._l2_candidate
-            x_new = propose(x_cur, best_cur, s_cur, _stream(restart, it, 0), it)
-            m_new = _margin(forward(x_new), y[idx])
-            m_cur = margin[idx]
-            accept = (m_new < m_cur) | (m_new <= 0)
-            margin[idx] = torch.where(accept, m_new, m_cur)
-            x_best[idx] = torch.where(accept[:, None, None, None], x_new, best_cur)
-            queries[idx] += 1
+            x_new = propose(xa, ba, sa, _stream(restart, it, 0), it, box)
+            m_new = _margin(forward(x_new), ya)
+            accept = (m_new < ma) | (m_new <= 0)
+            ma = torch.where(accept, m_new, ma)
+            ba = torch.where(accept[:, None, None, None], x_new, ba)
+            done_its = it + 1
+            broken = ma <= 0
+            if bool(broken.any()):  # one sync per iteration, as the nonzero() it replaces
+                gone, keep = broken.nonzero().squeeze(1), (~broken).nonzero().squeeze(1)
+                x_best[rows[gone]], margin[rows[gone]] = ba[gone], ma[gone]
+                queries[rows[gone]] += done_its
+                rows, xa, ba, sa, ya, ma = (t[keep] for t in (rows, xa, ba, sa, ya, ma))
+                box = tuple(t[keep] for t in box) if box else box
+        x_best[rows], margin[rows] = ba, ma
+        queries[rows] += done_its
         return x_best, margin, queries
+
+    def _box(self, x: Tensor) -> tuple[Tensor, ...]:
+        """Linf: the bounds ``[max(x - eps, 0), min(x + eps, 1)]`` of a candidate (one clamp
+        per candidate instead of four operations); L2: nothing."""
+        if self.norm != "linf":
+            return ()
+        return (x - self.eps).clamp_(min=0), (x + self.eps).clamp_(max=1)
 
     def _start(self, x: Tensor, seeds: Tensor, restart: int) -> Tensor:
         """The starting point: Linf vertical stripes, L2 a grid of signed ``eta`` tiles."""
@@ -289,19 +312,33 @@ class SquareAttack(Attack):
         return corners, sign, u[:, -1] > 0.5
 
     def _linf_candidate(
-        self, x: Tensor, x_best: Tensor, seeds: Tensor, stream: int, it: int
+        self,
+        x: Tensor,
+        x_best: Tensor,
+        seeds: Tensor,
+        stream: int,
+        it: int,
+        box: tuple[Tensor, ...] = (),
     ) -> Tensor:
-        """Move one random ``s x s`` window by ``+-2 eps`` per channel, then project."""
+        """Move one random ``s x s`` window by ``+-2 eps`` per channel, then project (onto
+        ``box``, :meth:`_box` of ``x``, when given)."""
         _, c, h, w = x.shape
         s = self._side(it, h, w)
         (top, left), sign, _ = self._draw(seeds, stream, 1, c, s, h, w)
         mask, _, _ = _windows(top, left, s, h, w)
         step = 2 * self.eps * sign.to(x.dtype)
         x_new = x_best + step * mask
-        return torch.minimum(torch.maximum(x_new, x - self.eps), x + self.eps).clamp(0, 1)
+        lo, hi = box or self._box(x)
+        return torch.clamp(x_new, lo, hi)
 
     def _l2_candidate(
-        self, x: Tensor, x_best: Tensor, seeds: Tensor, stream: int, it: int
+        self,
+        x: Tensor,
+        x_best: Tensor,
+        seeds: Tensor,
+        stream: int,
+        it: int,
+        box: tuple[Tensor, ...] = (),
     ) -> Tensor:
         """AutoAttack's two-window L2 update: empty window 2, refill window 1 with a signed
         ``eta`` plus its old content, carrying both windows' mass and the unused budget."""
