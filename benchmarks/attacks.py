@@ -3,7 +3,8 @@
 Side by side in one run, on the same model, samples and budget:
 
 * wall time of featrob vs ``pyautoattack`` (target: featrob / reference <= 0.8 at equal
-  robust accuracy);
+  robust accuracy), both on the whole budget (``early_exit=False``), and featrob's APGD-CE
+  with early exit beside them;
 * wall time of featrob vs the forward(+backward) passes the attack cannot avoid: APGD-CE
   needs ``steps + 1`` forward-backward passes on the whole batch (target: <= 1.15); Square
   needs one forward pass on the still-robust samples per query (replayed with the same
@@ -14,10 +15,15 @@ Usage::
     python -m benchmarks.attacks                        # medium-cnn on the CIFAR-10 subset
     python -m benchmarks.attacks --quick                # small and fast (CI keeps it alive)
     python -m benchmarks.attacks --device cuda --amp bf16 --json results.json
+    python -m benchmarks.attacks --preset standard      # the whole standard preset, two models
+
+``--preset standard`` runs :mod:`benchmarks.attacks_standard` (its own options follow) and
+returns its payload.
 """
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from typing import Any
 
@@ -50,7 +56,9 @@ def bench_apgd(model, x, y, seeds, eps, steps, repeats, sync) -> dict[str, Any]:
     """featrob APGD-CE vs pyautoattack APGD-CE vs (steps + 1) forward-backward passes."""
     from pyautoattack.autopgd_base import APGDAttack
 
-    ours = APGD(eps=eps, norm="linf", steps=steps)
+    # the full budget on every sample (as the reference and the floor do), and early exit
+    ours = APGD(eps=eps, norm="linf", steps=steps, early_exit=False)
+    early = APGD(eps=eps, norm="linf", steps=steps)
     ref = APGDAttack(model, n_iter=steps, norm="Linf", eps=eps, seed=0, loss="ce", device=x.device)
 
     def forward_backward_passes():
@@ -64,6 +72,7 @@ def bench_apgd(model, x, y, seeds, eps, steps, repeats, sync) -> dict[str, Any]:
         times, out = interleaved_times(
             {
                 "featrob": lambda: ours.perturb(model, x, y, sample_seeds=seeds),
+                "early_exit": lambda: early.perturb(model, x, y, sample_seeds=seeds),
                 "reference": lambda: ref.perturb(x, y),
                 "raw": forward_backward_passes,
             },
@@ -80,6 +89,9 @@ def bench_apgd(model, x, y, seeds, eps, steps, repeats, sync) -> dict[str, Any]:
         "reference_robust_acc": _accuracy(model, out["reference"], y),
         "ratio_vs_reference": times["featrob"] / times["reference"],
         "ratio_vs_raw": times["featrob"] / times["raw"],
+        "early_exit_s": times["early_exit"],
+        "early_exit_robust_acc": _accuracy(model, out["early_exit"], y),
+        "early_exit_vs_reference": times["early_exit"] / times["reference"],
     }
 
 
@@ -136,8 +148,21 @@ def bench_square(model, x, y, seeds, eps, queries, repeats, sync) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the attack benchmarks and print the ratios."""
+    """Run the attack benchmarks and print the ratios (``--preset standard``: see above)."""
+    preset = argparse.ArgumentParser(add_help=False)
+    preset.add_argument("--preset", choices=["standard"], default=None)
+    known, rest = preset.parse_known_args(argv)
+    if known.preset == "standard":
+        from benchmarks.attacks_standard import main as standard_main
+
+        return standard_main(rest)
     parser = benchmark_parser(__doc__, "medium-cnn", "cifar10_subset.npz")
+    parser.add_argument(
+        "--preset",
+        choices=["standard"],
+        default=None,
+        help="standard: featrob's standard preset vs AutoAttack (benchmarks.attacks_standard)",
+    )
     parser.add_argument("--n", type=int, default=256, help="test images (balanced)")
     parser.add_argument("--eps", type=float, default=8 / 255)
     parser.add_argument("--steps", type=int, default=100)
@@ -193,6 +218,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{r['ratio_vs_reference']:7.3f} {r['ratio_vs_raw']:7.3f} "
             f"{r['featrob_robust_acc']:9.4f} {r['reference_robust_acc']:8.4f}"
         )
+        if "early_exit_s" in r:
+            print(
+                f"{r['attack'] + ' (early exit)':22} {r['early_exit_s']:10.3f} s, "
+                f"{r['early_exit_vs_reference']:.3f} x the reference, "
+                f"robust accuracy {r['early_exit_robust_acc']:.4f}"
+            )
     print(
         "targets: featrob/reference <= 0.8 at equal robust accuracy; APGD time / raw passes <= 1.15"
     )

@@ -91,6 +91,18 @@ def test_benchmark_suite_quick_mode_runs(tmp_path: Path):
     assert all(r["ratio"] is not None for r in result["headlines"])
 
 
+def test_standard_preset_benchmark_quick_mode_runs(tmp_path: Path):
+    """`python -m benchmarks.attacks --preset standard --quick` stays runnable, and on both of
+    its models early exit leaves every robust flag as the full budget sets it."""
+    from benchmarks.attacks import main
+
+    payload = main(["--preset", "standard", "--quick", "--json", str(tmp_path / "s.json")])
+    assert set(payload["models"]) == {"normal", "pgd"}
+    for kind, model in payload["models"].items():
+        assert model["identical_robust_flags"], kind
+        assert abs(model["robust_accuracy"] - model["reference_robust_accuracy"]) <= 0.1, kind
+
+
 def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Every Python block of the README's "Python API" section runs as written."""
     import re
