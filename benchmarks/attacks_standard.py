@@ -17,11 +17,11 @@ its size (interpolated between powers of two); the rest is projections and bookk
 
 Usage::
 
-    python -m benchmarks.attacks --preset standard    # both models: 8.5 min on 2 CPU cores
+    python -m benchmarks.attacks --preset standard    # both models: 9 min on 2 CPU cores
     python -m benchmarks.attacks_standard --models pgd --n 64 --json standard.json
-    python -m benchmarks.attacks_standard --quick     # digits, tiny budget: 40 s, a smoke test
+    python -m benchmarks.attacks_standard --quick     # digits, tiny budget: 10-40 s, smoke test
 
-8.5 minutes (4.4 normal, 4.0 PGD-trained; models cached) with the two cores to itself; 17.6
+9 minutes (4.4 normal, 4.5 PGD-trained; models cached) with the two cores to itself; 17.6
 while other processes shared them, which skews single timings several-fold (oversubscribed
 threads): check the other processes' CPU use each model prints before trusting a ratio.
 """
