@@ -48,6 +48,7 @@ from featrob.attacks.base import (
     flat_norm,
     misclassified,
     project,
+    retire,
     steepest_direction,
 )
 from featrob.attacks.losses import dlr_loss, dlr_targeted_loss, top_targets
@@ -241,10 +242,9 @@ class APGD(Attack):
         proj = self._projector(x)
         for i in range(steps):
             if early and i % every == 0 and bool(ret_ok.any()):
-                gone, keep = ret_ok.nonzero().squeeze(1), (~ret_ok).nonzero().squeeze(1)
-                res_x[rows[gone]], res_loss[rows[gone]] = ret_x[gone], ret_loss[gone]
-                res_ok[rows[gone]] = True
-                rows = rows[keep]
+                rows, keep = retire(
+                    ret_ok, rows, (res_x, res_loss, res_ok), (ret_x, ret_loss, ret_ok)
+                )
                 if not len(rows):
                     return res_x, res_loss, res_ok
                 x, y, x_adv, x_prev, grad = x[keep], y[keep], x_adv[keep], x_prev[keep], grad[keep]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -253,12 +253,20 @@ class MinimumNormAttack(Attack):
         success: SuccessFn | None = None,
         sample_seeds: Tensor | None = None,
     ) -> Tensor:
-        """The minimal adversarial input where its norm is within ``eps``, else ``x``."""
+        """The adversarial input :meth:`search_within_eps` found where its norm is within
+        ``eps``, else ``x``."""
         if loss is not None:
             raise ConfigError(f"{self.name} is a minimum-norm attack on logits; it takes no loss")
-        found = self.minimize(forward, x, y, sample_seeds=sample_seeds)
+        found = self.search_within_eps(forward, x, y, sample_seeds=sample_seeds)
         ok = found.success & (found.norm <= self.eps * (1 + 1e-6))
         return torch.where(ok.view(-1, *([1] * (x.dim() - 1))), found.x_adv, x.clamp(0, 1))
+
+    def search_within_eps(
+        self, forward: Forward, x: Tensor, y: Tensor, *, sample_seeds: Tensor | None = None
+    ) -> MinNormResult:
+        """The search behind :meth:`perturb`: :meth:`minimize` by default; an attack may stop
+        on a sample once it has a perturbation within ``eps`` (FAB's early exit)."""
+        return self.minimize(forward, x, y, sample_seeds=sample_seeds)
 
 
 # ---------------------------------------------------------------------- early exit
@@ -275,6 +283,21 @@ def exit_interval(device: torch.device) -> int:
     """Steps between two early-exit checks on ``device``: every step on a CPU, else
     :data:`EXIT_CHECK_EVERY_ACCELERATOR`."""
     return 1 if device.type == "cpu" else EXIT_CHECK_EVERY_ACCELERATOR
+
+
+def retire(
+    done: Tensor, rows: Tensor, results: Sequence[Tensor], current: Sequence[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Early exit's bookkeeping: the samples marked ``done`` leave the running batch.
+
+    Writes their ``current`` values (running-batch tensors) into ``results`` (whole-batch
+    tensors) at their positions ``rows``, and returns the positions still running and the
+    indices into the running batch that keep them (for the caller to index its state with).
+    """
+    gone, keep = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
+    for result, value in zip(results, current, strict=True):
+        result[rows[gone]] = value[gone]
+    return rows[keep], keep
 
 
 def without_early_exit(attack: Attack) -> Attack:

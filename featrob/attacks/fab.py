@@ -38,12 +38,11 @@ from torch import Tensor
 from featrob import seeding
 from featrob.attacks.base import (
     Forward,
-    LossFn,
     MinimumNormAttack,
     MinNormResult,
-    SuccessFn,
     exit_interval,
     flat_norm,
+    retire,
 )
 from featrob.attacks.fab_projections import project_l2, project_linf
 from featrob.attacks.fab_steps import (
@@ -161,25 +160,13 @@ class FAB(MinimumNormAttack):
         """
         return self._minimize(forward, x, y, target, sample_seeds, pairwise, stop_at=None)
 
-    def perturb(
-        self,
-        forward: Forward,
-        x: Tensor,
-        y: Tensor,
-        *,
-        loss: LossFn | None = None,
-        success: SuccessFn | None = None,
-        sample_seeds: Tensor | None = None,
-    ) -> Tensor:
-        """The first (``early_exit``) or smallest adversarial input found within ``eps``,
-        else ``x``."""
-        if loss is not None:
-            raise ConfigError(f"{self.name} is a minimum-norm attack on logits; it takes no loss")
-        limit = self.eps * (1 + 1e-6)
-        stop_at = limit if self.params["early_exit"] else None
-        found = self._minimize(forward, x, y, None, sample_seeds, False, stop_at=stop_at)
-        ok = found.success & (found.norm <= limit)
-        return torch.where(ok.view(-1, *([1] * (x.dim() - 1))), found.x_adv, x.clamp(0, 1))
+    def search_within_eps(
+        self, forward: Forward, x: Tensor, y: Tensor, *, sample_seeds: Tensor | None = None
+    ) -> MinNormResult:
+        """With ``early_exit``, each sample's first adversarial iterate within ``eps``;
+        else :meth:`minimize`'s smallest perturbation."""
+        stop_at = self.eps * (1 + 1e-6) if self.params["early_exit"] else None
+        return self._minimize(forward, x, y, None, sample_seeds, False, stop_at=stop_at)
 
     def _minimize(
         self,
@@ -352,9 +339,7 @@ class FAB(MinimumNormAttack):
             if stop_at is not None and i % every == 0:
                 done = best_norm <= stop_at
                 if bool(done.any()):
-                    gone, keep = done.nonzero().squeeze(1), (~done).nonzero().squeeze(1)
-                    res_f[rows[gone]], res_norm[rows[gone]] = best_f[gone], best_norm[gone]
-                    rows = rows[keep]
+                    rows, keep = retire(done, rows, (res_f, res_norm), (best_f, best_norm))
                     if not len(rows):
                         return res_f.view(shape), res_norm
                     xf, x0f, best_f, best_norm, y = (

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from featrob.attacks.base import Attack, Forward, LossFn, SuccessFn, margin_loss
+from featrob.attacks.base import Attack, Forward, LossFn, SuccessFn, margin_loss, retire
 from featrob.errors import ConfigError
 from featrob.options import float_param, int_param
 from featrob.plan import Passes
@@ -248,10 +248,9 @@ class SquareAttack(Attack):
             done_its = it + 1
             broken = ma <= 0
             if bool(broken.any()):  # one sync per iteration, as the nonzero() it replaces
-                gone, keep = broken.nonzero().squeeze(1), (~broken).nonzero().squeeze(1)
-                x_best[rows[gone]], margin[rows[gone]] = ba[gone], ma[gone]
-                queries[rows[gone]] += done_its
-                rows, xa, ba, sa, ya, ma = (t[keep] for t in (rows, xa, ba, sa, ya, ma))
+                queries[rows[broken]] += done_its
+                rows, keep = retire(broken, rows, (x_best, margin), (ba, ma))
+                xa, ba, sa, ya, ma = (t[keep] for t in (xa, ba, sa, ya, ma))
                 box = tuple(t[keep] for t in box) if box else box
         x_best[rows], margin[rows] = ba, ma
         queries[rows] += done_its
