@@ -13,6 +13,7 @@ with a mask, so CPU and GPU give bit-identical numbers.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -63,26 +64,43 @@ def sample_seeds(seed: int, indices: Tensor | object) -> Tensor:
     return _shr(_splitmix64(_splitmix64(idx ^ base)), 1)
 
 
-def random_bits(seeds: Tensor, shape: tuple[int, ...], stream: int = 0) -> Tensor:
-    """int64 hash values ``[len(seeds), *shape]``; row i depends only on ``seeds[i]``."""
+def _stream_keys(s: Tensor, stream: int | Sequence[int]) -> Tensor:
+    """Per-sample stream keys: ``[B, 1]`` for one stream, ``[B, K]`` for ``K`` streams."""
+    # The stream's key in Python integers: a tensor here would be one host-to-device copy
+    # per draw on a GPU (Square draws once per query). Several streams cost one copy.
+    if isinstance(stream, int):
+        return _splitmix64(s ^ _splitmix64_int(stream + _STREAM_SALT))[:, None]
+    salted = [_splitmix64_int(int(k) + _STREAM_SALT) for k in stream]
+    return _splitmix64(s[:, None] ^ torch.tensor(salted, dtype=torch.int64, device=s.device))
+
+
+def random_bits(seeds: Tensor, shape: tuple[int, ...], stream: int | Sequence[int] = 0) -> Tensor:
+    """int64 hash values ``[len(seeds), *shape]``; row i depends only on ``seeds[i]``.
+
+    With a sequence of ``K`` streams: ``[len(seeds), K, *shape]``, where ``[:, k]`` equals
+    the draw from ``stream[k]`` alone (one call for many iterations' numbers).
+    """
     s = torch.as_tensor(seeds, dtype=torch.int64)
     n = 1
     for dim in shape:
         n *= int(dim)
-    # the stream's key in Python integers: a tensor here would be one host-to-device copy
-    # per draw on a GPU (Square draws once per query)
-    key = _splitmix64(s ^ _splitmix64_int(stream + _STREAM_SALT))
+    keys = _stream_keys(s, stream)  # [B, K]
     counters = torch.arange(n, dtype=torch.int64, device=s.device) * _GOLDEN
-    return _splitmix64(key[:, None] ^ counters[None, :]).reshape(len(s), *shape)
+    bits = _splitmix64(keys[:, :, None] ^ counters)
+    if isinstance(stream, int):
+        return bits.reshape(len(s), *shape)
+    return bits.reshape(len(s), len(stream), *shape)
 
 
-def uniform(seeds: Tensor, shape: tuple[int, ...], stream: int = 0) -> Tensor:
+def uniform(seeds: Tensor, shape: tuple[int, ...], stream: int | Sequence[int] = 0) -> Tensor:
     """Uniform [0, 1) float32 of shape ``[len(seeds), *shape]`` on the seeds' device.
 
     Args:
         seeds: int64 per-sample seeds (from :func:`sample_seeds`).
         shape: shape of one sample's draw.
-        stream: independent streams for the same sample (restarts, iterations).
+        stream: independent streams for the same sample (restarts, iterations); a sequence
+            of ``K`` streams gives ``[len(seeds), K, *shape]``, each ``[:, k]`` equal to the
+            draw from ``stream[k]`` alone.
     """
     bits = _shr(random_bits(seeds, shape, stream), 11)  # 53 random bits
     values = bits.to(torch.float64) * (1.0 / (1 << 53))

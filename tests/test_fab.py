@@ -12,7 +12,12 @@ from scipy.optimize import linprog, minimize
 
 from featrob.attacks.base import flat_norm
 from featrob.attacks.fab import FAB, FABTargeted
-from featrob.attacks.fab_projections import project_l2, project_linf
+from featrob.attacks.fab_projections import (
+    project_l2,
+    project_linf,
+    water_level,
+    water_level_sorted,
+)
 from featrob.attacks.losses import top_targets
 from featrob.errors import ConfigError
 from featrob.testing import check_attack, tiny_dataset, tiny_model
@@ -131,6 +136,46 @@ def test_projections_agree_with_autoattack(ours, ref):
     w = torch.randn(64, 30, generator=gen)
     b = (w * torch.rand(64, 30, generator=gen)).sum(1) * 1.5  # some rows unreachable
     torch.testing.assert_close(ours(t, w, b), ref(t, w.clone(), b.clone()), atol=1e-5, rtol=0)
+
+
+def _level_problems(rows: int = 400, n: int = 50, seed: int = 0):
+    """Water-level problems with ties, zero weights, zero breakpoints, c = 0 and rows the
+    box cannot reach (c above sum a r)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.rand(rows, n, generator=gen, dtype=torch.float64)
+    a[torch.rand(rows, n, generator=gen) < 0.2] = 0.0
+    r = torch.rand(rows, n, generator=gen, dtype=torch.float64)
+    r[torch.rand(rows, n, generator=gen) < 0.2] = 0.0  # pixels already at the box edge
+    r[: rows // 4] = (r[: rows // 4] * 4).round() / 4  # many equal breakpoints
+    reach = (a * r).sum(1)
+    c = reach * torch.rand(rows, generator=gen, dtype=torch.float64) * 1.2  # ~1/6 unreachable
+    c[::17] = 0.0
+    return a, r, c
+
+
+@pytest.mark.parametrize("max_iters", [0, 1, 2, 32])
+def test_newton_water_level_agrees_with_sorting(max_iters):
+    """Newton's method (with the sort as fallback when max_iters runs out) gives the sort's
+    levels: 0 at c = 0, inf where unreachable, and h(lam) = c elsewhere."""
+    a, r, c = _level_problems()
+    ours = water_level(a, r, c, min_iters=1, max_iters=max_iters)
+    ref = water_level_sorted(a, r, c)
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref)) and bool(torch.isinf(ref).any())
+    fin = torch.isfinite(ref)
+    torch.testing.assert_close(ours[fin], ref[fin], atol=1e-12, rtol=1e-9)
+    assert bool((ours[c == 0] == 0).all())
+    h = (a[fin] * torch.minimum(ours[fin, None], r[fin])).sum(1)
+    torch.testing.assert_close(h, c[fin], atol=1e-12, rtol=1e-9)
+
+
+def test_newton_water_level_float32_and_few_steps():
+    """In float32 the two agree to rounding, and the default min_iters=3 resolves every row
+    of these problems without the fallback (the fallback would be the same sort)."""
+    a, r, c = (v.float() for v in _level_problems(seed=1))
+    ours, ref = water_level(a, r, c), water_level_sorted(a, r, c)
+    fin = torch.isfinite(ref)
+    assert torch.equal(fin, torch.isfinite(ours))
+    torch.testing.assert_close(ours[fin], ref[fin], atol=1e-6, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------- linear models

@@ -114,6 +114,40 @@ def test_batch_size_invariance(reference, norm, eps):
     assert not torch.equal(other, whole)
 
 
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("l2", 1.0)])
+def test_chunked_draws_equal_per_iteration_draws(reference, norm, eps, monkeypatch):
+    """Random numbers drawn for many iterations at once (and windows built per chunk) give
+    the points and query counts of one draw per iteration, whatever the chunk size, also
+    when samples break in the middle of a chunk."""
+    import featrob.attacks.square as square
+
+    model, x, y, seeds = reference
+    x, y, seeds = x[:60], y[:60], seeds[:60]
+    runs = []
+    for chunk in (1, 7, 32):
+        monkeypatch.setattr(square, "_CHUNK", chunk)
+        attack = SquareAttack(eps, norm, n_queries=150)
+        runs.append((attack.perturb(model, x, y, sample_seeds=seeds), attack.last_queries))
+    broke = runs[0][1] < 151
+    assert 0 < int(broke.sum()) < 60  # some samples leave mid-chunk, others run to the end
+    for adv, queries in runs[1:]:
+        assert torch.equal(adv, runs[0][0]) and torch.equal(queries, runs[0][1])
+
+
+def test_many_streams_in_one_draw_equal_one_draw_each():
+    from featrob.seeding import random_bits, sample_seeds, uniform
+
+    seeds = sample_seeds(3, torch.arange(5))
+    streams = [0, 9, (1 << 40) | 17]
+    together = uniform(seeds, (2, 3), streams)
+    assert together.shape == (5, 3, 2, 3)
+    for k, stream in enumerate(streams):
+        assert torch.equal(together[:, k], uniform(seeds, (2, 3), stream))
+        assert torch.equal(
+            random_bits(seeds, (4,), streams)[:, k], random_bits(seeds, (4,), stream)
+        )
+
+
 # ---------------------------------------------------------------------------- queries
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_query_counts(reference, norm):

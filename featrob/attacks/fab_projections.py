@@ -22,11 +22,21 @@ moving the other way only costs norm.
   coordinates with ``w_i = 0`` are set to 0 (the smallest choice in every norm).
 
 Both are ``h(lam) = sum_i a_i min(lam, r_i) = c`` with weights ``a_i >= 0`` and breakpoints
-``r_i >= 0``: ``h`` is continuous, piecewise linear and nondecreasing, ``h(0) = 0``.
-:func:`water_level` solves it exactly: sort the breakpoints, evaluate ``h`` at each (a
+``r_i >= 0``: ``h`` is continuous, piecewise linear, nondecreasing and concave, ``h(0) = 0``.
+:func:`water_level` solves it exactly by Newton's method from ``lam = 0``: the next iterate
+is ``lam + (c - h(lam)) / h'(lam+)`` with ``h'(lam+) = sum_{r_i > lam} a_i``. For a concave
+``h`` the tangent lies above the graph, so from below the root every iterate stays below it
+and the iterates increase; they visit the linear pieces in order and land exactly on the root
+as soon as they start in its piece (a finite number of steps, at most one per breakpoint). An
+iterate is exact when no breakpoint lies strictly between it and the previous one (the whole
+step stayed on one piece). On FAB's MNIST and CIFAR projections that takes 1-4 steps of a
+few elementwise passes over ``[N, n]``, about half the time of a full sort (measured with
+``benchmarks.attacks --preset standard``: 2-3x faster on [482, 784] rows on a 2-core CPU).
+Rows still unresolved after ``max_iters`` steps (floating-point ties; not seen in practice)
+fall back to :func:`water_level_sorted`: sort the breakpoints, evaluate ``h`` at each (a
 prefix sum of the saturated terms plus ``r_k`` times the weight still unsaturated), count
-the breakpoints below ``c`` and solve the linear piece in between. It is vectorised over
-all rows (one sort, two cumulative sums, one gather), ``O(n log n)`` per row, no loop.
+the breakpoints below ``c`` and solve the linear piece in between, ``O(n log n)`` per row.
+The two agree to float rounding (tests/test_fab.py).
 
 When even the whole box cannot reach the hyperplane (``h(inf) = sum a_i r_i < c``) the
 projection returns the box corner in the direction of the hyperplane,
@@ -39,22 +49,64 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["project_l2", "project_linf", "water_level"]
+__all__ = ["project_l2", "project_linf", "water_level", "water_level_sorted"]
 
 
-def water_level(a: Tensor, r: Tensor, c: Tensor) -> Tensor:
-    """Smallest ``lam >= 0`` with ``sum_i a_i min(lam, r_i) = c``, per row.
+def water_level(
+    a: Tensor, r: Tensor, c: Tensor, *, min_iters: int = 3, max_iters: int = 32
+) -> Tensor:
+    """Smallest ``lam >= 0`` with ``sum_i a_i min(lam, r_i) = c``, per row (Newton's method).
 
     Args:
         a: ``[N, n]`` nonnegative weights (zero weights are ignored).
         r: ``[N, n]`` nonnegative breakpoints.
         c: ``[N]`` required values, ``>= 0``.
+        min_iters: Newton steps taken before the first exactness check (each check is one
+            host-device synchronisation on an accelerator).
+        max_iters: Newton steps before the rows not yet exact fall back to
+            :func:`water_level_sorted` (0: sort every row).
 
     Returns:
         ``[N]`` levels; ``inf`` where ``c`` exceeds ``sum_i a_i r_i`` (unreachable), 0 where
         ``c <= 0``.
     """
-    r = torch.where(a > 0, r, torch.zeros_like(r))  # weightless terms saturate at once
+    # Float arithmetic throughout: on a CPU a comparison or a where over [N, n] costs 2-6x a
+    # multiplication, and this loop is FAB's hot path. a >= 0, so sign(a) is the 0/1 mask
+    # of weighted terms; weightless terms saturate at once.
+    r = r * a.sign()
+    tiny = torch.finfo(a.dtype).tiny
+    lam = torch.zeros_like(c)
+    count, exact = None, None
+    for step in range(max_iters + 1):  # step: Newton updates made so far
+        level = torch.minimum(lam[:, None], r)
+        h = torch.linalg.vecdot(a, level)
+        free = (r - level).sign()  # 1 where r_i > lam (still growing), else 0
+        slope = torch.linalg.vecdot(a, free)  # h'(lam+)
+        size = free.sum(1)
+        if count is not None and (step >= min_iters or step == max_iters):
+            # lam came from the piece of the previous iterate; if no breakpoint was passed
+            # on the way (the free set is unchanged) lam lies on that piece: it is exact.
+            exact = size == count
+            if step == max_iters or bool(exact.all()):
+                break
+        count = size
+        # With nothing free the row is at the box's limit: stay (set to inf below if short).
+        lam = torch.where(slope > 0, lam + (c - h) / slope.clamp_min(tiny), lam)
+    if exact is None:  # max_iters = 0: no Newton step taken
+        exact = torch.zeros_like(c, dtype=torch.bool)
+    if not bool(exact.all()):
+        rest = torch.nonzero(~exact).squeeze(1)
+        lam = lam.clone()
+        lam[rest] = water_level_sorted(a[rest], r[rest], c[rest])
+    reach = torch.linalg.vecdot(a, r)
+    lam = torch.where(c > reach, torch.full_like(lam, float("inf")), lam.clamp_min(0))
+    return torch.where(c > 0, lam, torch.zeros_like(lam))
+
+
+def water_level_sorted(a: Tensor, r: Tensor, c: Tensor) -> Tensor:
+    """:func:`water_level` by sorting the breakpoints: one sort, two cumulative sums and a
+    gather per row, no loop; the fallback for rows Newton's method leaves unresolved."""
+    r = torch.where(a > 0, r, torch.zeros_like(r))
     r_sorted, order = r.sort(dim=1)
     a_sorted = a.gather(1, order)
     sat = a_sorted * r_sorted
@@ -97,8 +149,9 @@ def project_l2(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
     sign, mag, room, c = _oriented(t, w, b)
     breaks = room / mag.clamp_min(torch.finfo(mag.dtype).tiny)
     lam = water_level(mag * mag, breaks, c)
+    # An unreachable row (lam = inf) takes the whole room; sign(w_i) = 0 zeroes w_i = 0.
     step = torch.where(torch.isinf(lam)[:, None], room, torch.minimum(lam[:, None] * mag, room))
-    return torch.where(mag > 0, sign * step, torch.zeros_like(step))
+    return sign * step
 
 
 def project_linf(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
@@ -116,4 +169,4 @@ def project_linf(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """
     sign, mag, room, c = _oriented(t, w, b)
     tau = water_level(mag, room, c)
-    return torch.where(mag > 0, sign * torch.minimum(tau[:, None], room), torch.zeros_like(t))
+    return sign * torch.minimum(tau[:, None], room)  # sign(w_i) = 0 zeroes w_i = 0

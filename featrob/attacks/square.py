@@ -37,6 +37,12 @@ P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 # Random-number purposes at the starting point (the low bits of the stream).
 _STRIPES, _TILE_SIGNS, _TILE_TRANSPOSES = 0, 1, 2
 
+# Iterations whose random numbers (and Linf windows) are made in one go: one hash call and
+# one window construction per chunk instead of ~15 small kernels per query. Capped so a
+# chunk's window masks stay below _CHUNK_ELEMENTS booleans (large images: smaller chunks).
+_CHUNK = 32
+_CHUNK_ELEMENTS = 1 << 24
+
 
 def _stream(restart: int, iteration: int, purpose: int) -> int:
     """Stream id of one draw; ``iteration`` -1 is the starting point."""
@@ -236,11 +242,16 @@ class SquareAttack(Attack):
         rows = (margin > 0).nonzero().squeeze(1)
         xa, ba, sa, ya, ma = x[rows], x_best[rows], seeds[rows], y[rows], margin[rows]
         box = self._box(xa)
-        done_its = 0
-        for it in range(self.params["n_queries"]):
+        done_its, n_queries = 0, self.params["n_queries"]
+        per_chunk = max(1, min(_CHUNK, _CHUNK_ELEMENTS // max(1, x[0, 0].numel() * len(x))))
+        draws: tuple[Tensor, ...] = ()
+        for it in range(n_queries):
             if rows.numel() == 0:  # known on the host after nonzero(): no extra sync
                 break
-            x_new = propose(xa, ba, sa, _stream(restart, it, 0), it, box)
+            k = it % per_chunk
+            if k == 0:
+                draws = self._draws(sa, restart, it, min(per_chunk, n_queries - it), x)
+            x_new = propose(xa, ba, tuple(t[k] for t in draws), it, box)
             m_new = _margin(forward(x_new), ya)
             accept = (m_new < ma) | (m_new <= 0)
             ma = torch.where(accept, m_new, ma)
@@ -252,6 +263,7 @@ class SquareAttack(Attack):
                 rows, keep = retire(broken, rows, (x_best, margin), (ba, ma))
                 xa, ba, sa, ya, ma = (t[keep] for t in (xa, ba, sa, ya, ma))
                 box = tuple(t[keep] for t in box) if box else box
+                draws = tuple(t[:, keep] for t in draws)
         x_best[rows], margin[rows] = ba, ma
         queries[rows] += done_its
         return x_best, margin, queries
@@ -296,54 +308,70 @@ class SquareAttack(Attack):
             s += 1 - s % 2  # odd
         return min(max(s, 1), h, w)
 
+    def _draws(
+        self, seeds: Tensor, restart: int, first: int, count: int, like: Tensor
+    ) -> tuple[Tensor, ...]:
+        """The random numbers of iterations ``first .. first + count - 1``, iteration-major.
+
+        Per sample and iteration one stream (:func:`_stream`), ``2n + c + 1`` uniforms
+        (float64): ``n`` window corners (top, left, ...) in ``[0, h - s) x [0, w - s)``, a
+        sign per channel and a transposition flag (L2's ``eta``); ``n`` is 1 for Linf, 2 for
+        L2. Drawing a chunk at once gives the same numbers as drawing each iteration alone.
+        ``like``: the images (shape, dtype).
+
+        Returns:
+            Linf: ``(mask [K, B, 1, h, w], step [K, B, c, 1, 1])``, the windows and their
+            ``+-2 eps`` moves; L2: ``(u [K, B, 2n + c + 1],)``.
+        """
+        _, c, h, w = like.shape
+        its = range(first, first + count)
+        n = 1 if self.norm == "linf" else 2
+        streams = [_stream(restart, it, 0) for it in its]
+        u = uniform(seeds, (2 * n + c + 1,), streams).to(torch.float64).transpose(0, 1)
+        if self.norm != "linf":
+            return (u,)
+        side = torch.tensor([self._side(it, h, w) for it in its], device=u.device)[:, None]
+        top = (u[:, :, 0] * (h - side)).long()  # [K, B]
+        left = (u[:, :, 1] * (w - side)).long()
+        rows = torch.arange(h, device=u.device) - top[:, :, None]  # [K, B, h]
+        cols = torch.arange(w, device=u.device) - left[:, :, None]
+        side = side[:, :, None]
+        mask = ((rows >= 0) & (rows < side))[..., None] & ((cols >= 0) & (cols < side))[
+            ..., None, :
+        ]
+        sign = torch.where(u[:, :, 2 : 2 + c] < 0.5, -1.0, 1.0)[..., None, None]
+        return mask[:, :, None], 2 * self.eps * sign.to(like.dtype)
+
     @staticmethod
-    def _draw(
-        seeds: Tensor, stream: int, n: int, c: int, s: int, h: int, w: int
-    ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """One iteration's random numbers per sample, from one stream: ``n`` window corners
-        (top, left, top, left, ...) in ``[0, h - s) x [0, w - s)``, a sign per channel
-        ``[B, c, 1, 1]`` and a transposition flag ``[B]`` (for L2's ``eta``)."""
-        u = uniform(seeds, (2 * n + c + 1,), stream).to(torch.float64)
+    def _corners(u: Tensor, n: int, s: int, h: int, w: int) -> list[Tensor]:
+        """``n`` window corners ``[top, left, top, left, ...]`` (``[B]`` each) from one
+        iteration's uniforms ``u`` ``[B, 2n + c + 1]``."""
         top = (u[:, 0 : 2 * n : 2] * (h - s)).long()
         left = (u[:, 1 : 2 * n : 2] * (w - s)).long()
-        corners = [t for pair in zip(top.unbind(1), left.unbind(1), strict=True) for t in pair]
-        sign = torch.where(u[:, 2 * n : 2 * n + c] < 0.5, -1.0, 1.0)[:, :, None, None]
-        return corners, sign, u[:, -1] > 0.5
+        return [t for pair in zip(top.unbind(1), left.unbind(1), strict=True) for t in pair]
 
     def _linf_candidate(
-        self,
-        x: Tensor,
-        x_best: Tensor,
-        seeds: Tensor,
-        stream: int,
-        it: int,
-        box: tuple[Tensor, ...] = (),
+        self, x: Tensor, x_best: Tensor, draws: tuple[Tensor, ...], it: int, box: tuple[Tensor, ...]
     ) -> Tensor:
-        """Move one random ``s x s`` window by ``+-2 eps`` per channel, then project (onto
-        ``box``, :meth:`_box` of ``x``, when given)."""
-        _, c, h, w = x.shape
-        s = self._side(it, h, w)
-        (top, left), sign, _ = self._draw(seeds, stream, 1, c, s, h, w)
-        mask, _, _ = _windows(top, left, s, h, w)
-        step = 2 * self.eps * sign.to(x.dtype)
-        x_new = x_best + step * mask
-        lo, hi = box or self._box(x)
-        return torch.clamp(x_new, lo, hi)
+        """Move one random ``s x s`` window by ``+-2 eps`` per channel (``draws``: this
+        iteration's mask and step from :meth:`_draws`), then project onto ``box``
+        (:meth:`_box` of ``x``)."""
+        mask, step = draws
+        lo, hi = box
+        return torch.clamp(x_best + step * mask, lo, hi)
 
     def _l2_candidate(
-        self,
-        x: Tensor,
-        x_best: Tensor,
-        seeds: Tensor,
-        stream: int,
-        it: int,
-        box: tuple[Tensor, ...] = (),
+        self, x: Tensor, x_best: Tensor, draws: tuple[Tensor, ...], it: int, box: tuple[Tensor, ...]
     ) -> Tensor:
         """AutoAttack's two-window L2 update: empty window 2, refill window 1 with a signed
-        ``eta`` plus its old content, carrying both windows' mass and the unused budget."""
+        ``eta`` plus its old content, carrying both windows' mass and the unused budget
+        (``draws``: this iteration's uniforms from :meth:`_draws`)."""
         _, c, h, w = x.shape
         s = self._side(it, h, w)
-        (top, left, top2, left2), sign, transpose = self._draw(seeds, stream, 2, c, s, h, w)
+        (u,) = draws
+        top, left, top2, left2 = self._corners(u, 2, s, h, w)
+        sign = torch.where(u[:, 4 : 4 + c] < 0.5, -1.0, 1.0)[:, :, None, None]
+        transpose = u[:, -1] > 0.5
         mask1, rows, cols = _windows(top, left, s, h, w)
         mask2, _, _ = _windows(top2, left2, s, h, w)
         pattern = _eta_on(s, x.device, x.dtype)
