@@ -42,7 +42,10 @@ def add_commands(app: typer.Typer) -> None:
         runs: Annotated[int, typer.Option(min=1, help="Valid linear runs per n.")] = 10,
         networks: Annotated[int, typer.Option(min=1, help="Accurate ReLU networks per n.")] = 50,
         scale: Annotated[
-            float, typer.Option(help="Factor on every column of H but the last (linear).")
+            float,
+            typer.Option(
+                min=0.0, help="Factor on every column of H but the last (both experiments)."
+            ),
         ] = 1.0,
         hidden: Annotated[
             int | None, typer.Option(min=1, help="Hidden width (default: 32 linear, 64 ReLU).")
@@ -51,6 +54,26 @@ def add_commands(app: typer.Typer) -> None:
             int | None,
             typer.Option(min=1, help="Full-batch Adam steps (default: 1000 linear, 500 ReLU)."),
         ] = None,
+        lr: Annotated[
+            float | None, typer.Option(min=0.0, help="Learning rate (default 0.01).")
+        ] = None,
+        optimizer: Annotated[
+            str, typer.Option(help="ReLU networks' optimiser: adam or sgd (full batch).")
+        ] = "adam",
+        stop_at_fit: Annotated[
+            bool,
+            typer.Option(
+                help="Stop each ReLU network at the first step that fits every training "
+                "point (--steps is then the most it may take)."
+            ),
+        ] = False,
+        train_points: Annotated[
+            int,
+            typer.Option(min=0, help="Training points per ReLU network (0: all 2^n, <= 4096)."),
+        ] = 2000,
+        activation: Annotated[
+            str, typer.Option(help="relu, or linear: Theorem 6's networks measured as Table 3.")
+        ] = "relu",
         seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
         json_out: Annotated[
             Path | None, typer.Option("--json", help="Also write the results here.")
@@ -62,12 +85,20 @@ def add_commands(app: typer.Typer) -> None:
 
         if experiment not in ("linear", "relu", "all"):
             raise typer.BadParameter(f"experiment must be linear, relu or all, got {experiment!r}")
+        if optimizer not in ("adam", "sgd"):
+            raise typer.BadParameter(f"optimizer must be adam or sgd, got {optimizer!r}")
+        if activation not in ("relu", "linear"):
+            raise typer.BadParameter(f"activation must be relu or linear, got {activation!r}")
         out: dict[str, Any] = {}
         if experiment in ("linear", "all"):
             out["linear"] = []
             for n in _dims(linear_dims):
                 res = linear_experiment(
-                    n, runs=runs, scale=scale, seed=seed, **_given(hidden=hidden, steps=steps)
+                    n,
+                    runs=runs,
+                    scale=scale,
+                    seed=seed,
+                    **_given(hidden=hidden, steps=steps, lr=lr),
                 )
                 out["linear"].append(res)
                 _print_linear(res)
@@ -75,27 +106,38 @@ def add_commands(app: typer.Typer) -> None:
             out["relu"] = []
             typer.echo("Theorem 7: local compression ratio of accurate ReLU networks")
             typer.echo(
-                f"{'n':>4} {'nets':>5} {'mean':>7} {'median':>7} {'|cos g|':>7} {'all lam':>7} "
-                f"{'sqrt(2/n)':>9} {'exact E':>7} {'QR frac':>7}"
+                f"{'n':>4} {'nets':>9} {'mean':>7} {'median':>7} {'|cos g|':>7} {'all lam':>7} "
+                f"{'sqrt(2/n)':>9} {'exact E':>7} {'QR frac':>7} {'steps':>6}"
             )
             for n in _dims(relu_dims):
                 res = relu_experiment(
-                    n, networks=networks, seed=seed, **_given(hidden=hidden, steps=steps)
+                    n,
+                    networks=networks,
+                    seed=seed,
+                    scale=scale,
+                    optimizer=optimizer,
+                    stop_at_fit=stop_at_fit,
+                    train_points=train_points,
+                    activation=activation,
+                    **_given(hidden=hidden, steps=steps, lr=lr),
                 )
                 out["relu"].append(asdict(res))
                 if not res.mean_ratio:
-                    typer.echo(f"{n:>4} {0:>5} (no accurate network)")
+                    typer.echo(f"{n:>4} {0:>5} (no accurate network in {res.attempts})")
                     continue
+                nets = f"{res.accurate_networks}/{res.attempts}"
                 typer.echo(
-                    f"{n:>4} {res.accurate_networks:>5} {res.mean_ratio[0]:>7.4f} "
+                    f"{n:>4} {nets:>9} {res.mean_ratio[0]:>7.4f} "
                     f"{res.median_ratio[0]:>7.4f} {res.mean_abs_cos[0]:>7.4f} "
                     f"{sum(res.mean_ratio) / len(res.mean_ratio):>7.4f} "
                     f"{res.sqrt_2_over_n:>9.4f} {res.gaussian_mean:>7.4f} "
-                    f"{res.qr_fraction_mean:>7.4f}"
+                    f"{res.qr_fraction_mean:>7.4f} {res.mean_steps:>6.0f}"
                 )
             typer.echo(
-                "(ratio at x itself, lambda = 0, over the networks; 'all lam': mean over the "
-                "ten points x + lambda (x' - x); every lambda in --json)"
+                "(nets: accurate / trained; ratio at x itself, lambda = 0, mean and median over "
+                "the accurate networks; |cos g|: cos(grad (f1 - f2), x' - x); 'all lam': mean "
+                "over the ten points x + lambda (x' - x), every lambda in --json; QR frac: "
+                "|R_nn| / ||h_n|| of the accurate networks' H; steps: mean optimiser steps)"
             )
         if json_out is not None:
             json_out.write_text(json.dumps(out, indent=1))
