@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmarks.common import machine, write_json
 
-BENCHMARKS = ("attacks", "collision", "compression", "sensitivity", "store")
+BENCHMARKS = ("attacks", "collision", "compression", "fab_projection", "sensitivity", "store")
 
 #: (benchmark, label, path into its payload, reference it is measured against)
 HEADLINES: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
@@ -36,6 +36,7 @@ HEADLINES: tuple[tuple[str, str, tuple[Any, ...], str], ...] = (
     ("collision", "cvxpy time", ("graph", "cvxpy_over_flow"), "max-flow path"),
     ("compression", "naive loop time", ("naive_over_batched",), "batched quantities"),
     ("compression", "batched time", ("batched_over_raw",), "raw fwd/bwd passes"),
+    ("fab_projection", "Newton water level", ("newton_over_sort",), "sorted breakpoints"),
     ("sensitivity", "per-feature time", ("per_feature_over_batched",), "batched features"),
     ("sensitivity", "batched time, no dropping", ("batched_all_over_raw",), "raw fwd/bwd passes"),
     ("store", "cold run time", ("cold_over_warm",), "warm (store hit)"),

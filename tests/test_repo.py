@@ -79,7 +79,14 @@ def test_benchmark_suite_quick_mode_runs(tmp_path: Path):
     result = main(["--quick", "--json", str(tmp_path / "bench.json")])
     assert json.loads((tmp_path / "bench.json").read_text())["quick"] is True
     bench = result["benchmarks"]
-    assert set(bench) == {"attacks", "collision", "compression", "sensitivity", "store"}
+    assert set(bench) == {
+        "attacks",
+        "collision",
+        "compression",
+        "fab_projection",
+        "sensitivity",
+        "store",
+    }
     for row in bench["attacks"]["results"]:
         assert row["featrob_s"] > 0 and row["raw_s"] > 0
         assert abs(row["featrob_robust_acc"] - row["reference_robust_acc"]) <= 0.05
@@ -87,6 +94,8 @@ def test_benchmark_suite_quick_mode_runs(tmp_path: Path):
     assert bench["collision"]["max_relative_distance_difference"] < 1e-3
     assert bench["collision"]["graph"]["max_abs_difference"] < 1e-4
     assert bench["sensitivity"]["max_relative_difference"] < 1e-4
+    fab = bench["fab_projection"]
+    assert fab["max_relative_difference"] < 1e-5 and fab["unreachable_rows_agree"]
     assert bench["store"]["identical"] and bench["store"]["cold_over_warm"] > 1
     assert all(r["ratio"] is not None for r in result["headlines"])
 

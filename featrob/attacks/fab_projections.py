@@ -29,13 +29,15 @@ is ``lam + (c - h(lam)) / h'(lam+)`` with ``h'(lam+) = sum_{r_i > lam} a_i``. Fo
 and the iterates increase; they visit the linear pieces in order and land exactly on the root
 as soon as they start in its piece (a finite number of steps, at most one per breakpoint). An
 iterate is exact when no breakpoint lies strictly between it and the previous one (the whole
-step stayed on one piece). On FAB's MNIST and CIFAR projections that takes 1-4 steps of a
-few elementwise passes over ``[N, n]``, about half the time of a full sort (measured with
-``benchmarks.attacks --preset standard``: 2-3x faster on [482, 784] rows on a 2-core CPU).
-Rows still unresolved after ``max_iters`` steps (floating-point ties; not seen in practice)
-fall back to :func:`water_level_sorted`: sort the breakpoints, evaluate ``h`` at each (a
-prefix sum of the saturated terms plus ``r_k`` times the weight still unsaturated), count
-the breakpoints below ``c`` and solve the linear piece in between, ``O(n log n)`` per row.
+step stayed on one piece). On FAB's MNIST projections that takes at most 4 steps of a few
+elementwise passes over ``[N, n]``, about half the time of a full sort on a CPU (``python
+-m benchmarks.fab_projection``, which times both on the projections of a real FAB-T run).
+On accelerators the projections use the sort (:func:`_level`): Newton's exactness checks
+would be host-device synchronisations. Rows still unresolved after ``max_iters`` steps
+(floating-point ties; not seen in practice) fall back to :func:`water_level_sorted`: sort
+the breakpoints, evaluate ``h`` at each (a prefix sum of the saturated terms plus ``r_k``
+times the weight still unsaturated), count the breakpoints below ``c`` and solve the
+linear piece in between, ``O(n log n)`` per row.
 The two agree to float rounding (tests/test_fab.py).
 
 When even the whole box cannot reach the hyperplane (``h(inf) = sum a_i r_i < c``) the
@@ -125,6 +127,16 @@ def water_level_sorted(a: Tensor, r: Tensor, c: Tensor) -> Tensor:
     return torch.where(c > 0, lam, torch.zeros_like(lam))
 
 
+def _level(a: Tensor, r: Tensor, c: Tensor) -> Tensor:
+    """The water level the projections use: Newton's method on a CPU, where its exactness
+    checks cost nothing and the sort is the bottleneck; the sort elsewhere, where each
+    check would be a host-device synchronisation per FAB step and a sort of ``[2B, d]`` is
+    a single kernel (the two agree to float rounding)."""
+    if a.device.type == "cpu":
+        return water_level(a, r, c)
+    return water_level_sorted(a, r, c)
+
+
 def _oriented(t: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(sign(w'), |w|, m, c')`` with ``w', c'`` sign-flipped so that ``c' >= 0``."""
     c = b - (w * t).sum(1)
@@ -148,7 +160,7 @@ def project_l2(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """
     sign, mag, room, c = _oriented(t, w, b)
     breaks = room / mag.clamp_min(torch.finfo(mag.dtype).tiny)
-    lam = water_level(mag * mag, breaks, c)
+    lam = _level(mag * mag, breaks, c)
     # An unreachable row (lam = inf) takes the whole room; sign(w_i) = 0 zeroes w_i = 0.
     step = torch.where(torch.isinf(lam)[:, None], room, torch.minimum(lam[:, None] * mag, room))
     return sign * step
@@ -168,5 +180,5 @@ def project_linf(t: Tensor, w: Tensor, b: Tensor) -> Tensor:
         be reached).
     """
     sign, mag, room, c = _oriented(t, w, b)
-    tau = water_level(mag, room, c)
+    tau = _level(mag, room, c)
     return sign * torch.minimum(tau[:, None], room)  # sign(w_i) = 0 zeroes w_i = 0
