@@ -104,7 +104,13 @@ def add_commands(app: typer.Typer) -> None:
                 _print_linear(res)
         if experiment in ("relu", "all"):
             out["relu"] = []
-            typer.echo("Theorem 7: local compression ratio of accurate ReLU networks")
+            width = hidden or 64
+            fit = "stopped at fit" if stop_at_fit else "fixed steps"
+            typer.echo(
+                f"Theorem 7: local compression ratio of accurate {activation} networks "
+                f"(width {width}, {optimizer}, {fit}, scale {scale:g}, "
+                f"{'all' if train_points == 0 else train_points} training points)"
+            )
             typer.echo(
                 f"{'n':>4} {'nets':>9} {'mean':>7} {'median':>7} {'|cos g|':>7} {'all lam':>7} "
                 f"{'sqrt(2/n)':>9} {'exact E':>7} {'QR frac':>7} {'steps':>6}"
