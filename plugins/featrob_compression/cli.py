@@ -109,7 +109,7 @@ def add_commands(app: typer.Typer) -> None:
             typer.echo(
                 f"Theorem 7: local compression ratio of accurate {activation} networks "
                 f"(width {width}, {optimizer}, {fit}, scale {scale:g}, "
-                f"{'all' if train_points == 0 else train_points} training points)"
+                f"{'all (at most 4096)' if train_points == 0 else train_points} training points)"
             )
             typer.echo(
                 f"{'n':>4} {'nets':>9} {'mean':>7} {'median':>7} {'|cos g|':>7} {'all lam':>7} "
