@@ -64,12 +64,21 @@ def sample_seeds(seed: int, indices: Tensor | object) -> Tensor:
     return _shr(_splitmix64(_splitmix64(idx ^ base)), 1)
 
 
-def _stream_keys(s: Tensor, stream: int | Sequence[int]) -> Tensor:
-    """Per-sample stream keys: ``[B, 1]`` for one stream, ``[B, K]`` for ``K`` streams."""
+#: A stream: one for every sample (``int``), one per sample (``Tensor [B]``, int64), or
+#: several for every sample (a sequence of ``int``: one draw per stream).
+Stream = int | Tensor | Sequence[int]
+
+
+def _stream_keys(s: Tensor, stream: Stream) -> Tensor:
+    """Per-sample stream keys: ``[B, 1]`` for one stream (or one per sample), ``[B, K]``
+    for ``K`` streams."""
     # The stream's key in Python integers: a tensor here would be one host-to-device copy
     # per draw on a GPU (Square draws once per query). Several streams cost one copy.
     if isinstance(stream, int):
         return _splitmix64(s ^ _splitmix64_int(stream + _STREAM_SALT))[:, None]
+    if isinstance(stream, Tensor):  # per-sample streams: the same bits as int streams
+        salted = _splitmix64(stream.to(device=s.device, dtype=torch.int64) + _STREAM_SALT)
+        return _splitmix64(s ^ salted)[:, None]
     salted = [_splitmix64_int(int(k) + _STREAM_SALT) for k in stream]
     return _splitmix64(s[:, None] ^ torch.tensor(salted, dtype=torch.int64, device=s.device))
 
@@ -87,20 +96,21 @@ def random_bits(seeds: Tensor, shape: tuple[int, ...], stream: int | Sequence[in
     keys = _stream_keys(s, stream)  # [B, K]
     counters = torch.arange(n, dtype=torch.int64, device=s.device) * _GOLDEN
     bits = _splitmix64(keys[:, :, None] ^ counters)
-    if isinstance(stream, int):
+    if isinstance(stream, int | Tensor):
         return bits.reshape(len(s), *shape)
     return bits.reshape(len(s), len(stream), *shape)
 
 
-def uniform(seeds: Tensor, shape: tuple[int, ...], stream: int | Sequence[int] = 0) -> Tensor:
+def uniform(seeds: Tensor, shape: tuple[int, ...], stream: Stream = 0) -> Tensor:
     """Uniform [0, 1) float32 of shape ``[len(seeds), *shape]`` on the seeds' device.
 
     Args:
         seeds: int64 per-sample seeds (from :func:`sample_seeds`).
         shape: shape of one sample's draw.
-        stream: independent streams for the same sample (restarts, iterations); a sequence
-            of ``K`` streams gives ``[len(seeds), K, *shape]``, each ``[:, k]`` equal to the
-            draw from ``stream[k]`` alone.
+        stream: independent streams for the same sample (restarts, iterations); an int64
+            tensor ``[B]`` gives each sample its own stream; a sequence of ``K`` streams
+            gives ``[len(seeds), K, *shape]``, each ``[:, k]`` equal to the draw from
+            ``stream[k]`` alone.
     """
     bits = _shr(random_bits(seeds, shape, stream), 11)  # 53 random bits
     values = bits.to(torch.float64) * (1.0 / (1 << 53))
@@ -108,7 +118,7 @@ def uniform(seeds: Tensor, shape: tuple[int, ...], stream: int | Sequence[int] =
     return values.to(torch.float32).clamp_(max=below_one)
 
 
-def normal(seeds: Tensor, shape: tuple[int, ...], stream: int = 0) -> Tensor:
+def normal(seeds: Tensor, shape: tuple[int, ...], stream: int | Tensor = 0) -> Tensor:
     """Standard normal float32 (Box-Muller on two uniform streams), row i from seeds[i]."""
     u1 = uniform(seeds, shape, stream=2 * stream + 1).double().clamp_(min=1e-12)
     u2 = uniform(seeds, shape, stream=2 * stream + 2).double()
