@@ -51,7 +51,7 @@ from featrob.attacks.base import (
     retire,
     steepest_direction,
 )
-from featrob.attacks.losses import dlr_loss, dlr_targeted_loss, top_targets
+from featrob.attacks.losses import dlr_loss, dlr_targeted_loss, target_group, top_targets
 from featrob.errors import ConfigError
 from featrob.options import bool_param, float_param, int_param
 from featrob.plan import Passes
@@ -405,10 +405,7 @@ class APGDTargeted(APGD):
             todo = torch.nonzero(~broken).squeeze(1)
             if len(todo) == 0:
                 break
-            group = max(1, min(k - j, self.params["target_rows"] // len(todo)))
-            # rows target-major: (todo under target j), (todo under target j + 1), ...
-            rows = todo.repeat(group)
-            target_of = torch.arange(j, j + group, device=x.device).repeat_interleave(len(todo))
+            group, rows, target_of = target_group(todo, j, k, self.params["target_rows"])
             # labels and targets travel together, so the runs can drop broken samples
             pair = torch.stack((y[rows], targets[rows, target_of]), 1)
             stream: int | Tensor = j * restarts if group == 1 else target_of * restarts

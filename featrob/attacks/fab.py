@@ -52,7 +52,7 @@ from featrob.attacks.fab_steps import (
     _jacobian_loop,
     _jacobian_vmap,
 )
-from featrob.attacks.losses import top_targets
+from featrob.attacks.losses import target_group, top_targets
 from featrob.errors import ConfigError
 from featrob.options import bool_param, float_param, int_param
 from featrob.plan import Passes
@@ -453,9 +453,7 @@ class FABTargeted(FAB):
             todo = (best_norm > limit).nonzero().squeeze(1)
             if not len(todo):
                 break
-            group = max(1, min(n_targets - k, cap // len(todo)))
-            rows = todo.repeat(group)  # target-major: todo under target k, k + 1, ...
-            target_of = torch.arange(k, k + group, device=x0.device).repeat_interleave(len(todo))
+            group, rows, target_of = target_group(todo, k, n_targets, cap)
             bx, bn = self._restarts(
                 forward,
                 x0[rows],

@@ -12,6 +12,7 @@ rescaling the logits, which is why they survive models whose cross-entropy satur
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from featrob.attacks.base import cross_entropy, margin_loss, misclassified
@@ -22,6 +23,7 @@ __all__ = [
     "dlr_targeted_loss",
     "margin_loss",
     "misclassified",
+    "target_group",
     "top_targets",
 ]
 
@@ -48,3 +50,20 @@ def top_targets(logits: Tensor, k: int) -> Tensor:
     """``[B, k]`` target classes: the k highest-scoring classes after the top one, in order
     (AutoAttack's APGD-T and FAB-T attack them one after the other)."""
     return logits.argsort(dim=1, descending=True)[:, 1 : k + 1]
+
+
+def target_group(todo: Tensor, first: int, k: int, max_rows: int) -> tuple[int, Tensor, Tensor]:
+    """The next group of targets APGD-T and FAB-T run at once on the samples ``todo``.
+
+    Targets ``first, first + 1, ...`` (at most up to ``k``) join the group while the samples
+    times the targets fit in ``max_rows`` rows (always at least one target).
+
+    Returns:
+        ``(group, rows, target_of)``: how many targets, and per (sample, target) row,
+        target-major (``todo`` under target ``first``, then under ``first + 1``, ...), the
+        sample's position and the target's index into :func:`top_targets`'s columns.
+    """
+    group = max(1, min(k - first, max_rows // len(todo)))
+    rows = todo.repeat(group)
+    target_of = torch.arange(first, first + group, device=todo.device)
+    return group, rows, target_of.repeat_interleave(len(todo))

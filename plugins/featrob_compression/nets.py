@@ -17,6 +17,7 @@ Networks stop nearer their initialisation that way (the near-lazy regime of a wi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,7 @@ class Nets:
         CPU, and are measured in float64)."""
         return self.map(lambda t: t.double())
 
-    def map(self, fn) -> Nets:
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Nets:
         """The networks with ``fn`` applied to every weight tensor (indexing, dtype)."""
         return Nets(fn(self.w1), fn(self.b1), fn(self.w2), fn(self.b2), self.relu)
 
