@@ -92,13 +92,24 @@ def _eta_on(s: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     return eta(s).to(device=device, dtype=dtype)
 
 
-def _windows(top: Tensor, left: Tensor, s: int, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-sample ``s x s`` windows at ``(top, left)``: mask ``[B, 1, h, w]`` and the clamped
-    in-window row ``[B, h]`` and column ``[B, w]`` offsets (for placing a pattern)."""
-    rows = torch.arange(h, device=top.device)[None, :] - top[:, None]
-    cols = torch.arange(w, device=top.device)[None, :] - left[:, None]
-    mask = ((rows >= 0) & (rows < s))[:, :, None] & ((cols >= 0) & (cols < s))[:, None, :]
-    return mask[:, None], rows.clamp(0, s - 1), cols.clamp(0, s - 1)
+def _windows(
+    top: Tensor, left: Tensor, s: int | Tensor, h: int, w: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``s x s`` windows at ``(top, left)`` (any leading shape ``[...]``; ``s`` one side for
+    all or a tensor of sides broadcastable to ``top``): mask ``[..., 1, h, w]`` and the
+    clamped in-window row ``[..., h]`` and column ``[..., w]`` offsets (for placing a
+    pattern)."""
+    side = s[..., None] if isinstance(s, Tensor) else s
+    rows = torch.arange(h, device=top.device) - top[..., None]
+    cols = torch.arange(w, device=top.device) - left[..., None]
+    mask = ((rows >= 0) & (rows < side))[..., :, None] & ((cols >= 0) & (cols < side))[..., None, :]
+    if isinstance(side, Tensor):
+        return (
+            mask.unsqueeze(-3),
+            rows.clamp(min=0).minimum(side - 1),
+            cols.clamp(min=0).minimum(side - 1),
+        )
+    return mask.unsqueeze(-3), rows.clamp(0, side - 1), cols.clamp(0, side - 1)
 
 
 def _place(patterns: Tensor, rows: Tensor, cols: Tensor, mask: Tensor) -> Tensor:
@@ -333,14 +344,9 @@ class SquareAttack(Attack):
         side = torch.tensor([self._side(it, h, w) for it in its], device=u.device)[:, None]
         top = (u[:, :, 0] * (h - side)).long()  # [K, B]
         left = (u[:, :, 1] * (w - side)).long()
-        rows = torch.arange(h, device=u.device) - top[:, :, None]  # [K, B, h]
-        cols = torch.arange(w, device=u.device) - left[:, :, None]
-        side = side[:, :, None]
-        mask = ((rows >= 0) & (rows < side))[..., None] & ((cols >= 0) & (cols < side))[
-            ..., None, :
-        ]
+        mask, _, _ = _windows(top, left, side, h, w)  # [K, B, 1, h, w]
         sign = torch.where(u[:, :, 2 : 2 + c] < 0.5, -1.0, 1.0)[..., None, None]
-        return mask[:, :, None], 2 * self.eps * sign.to(like.dtype)
+        return mask, 2 * self.eps * sign.to(like.dtype)
 
     @staticmethod
     def _corners(u: Tensor, n: int, s: int, h: int, w: int) -> list[Tensor]:
