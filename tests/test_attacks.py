@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from featrob.attacks import FGSM, PGD, GaborNoise, cross_entropy, misclassified
+from featrob.attacks.base import take_rows
 from featrob.attacks.gabor import gabor_kernel
 from featrob.errors import ConfigError
 from featrob.seeding import sample_seeds
@@ -358,3 +359,15 @@ def test_plugin_registers_the_builtin_attacks():
         "square",
     }
     assert GaborNoise.uses_gradients is False and GaborNoise.norms == ("linf",)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_take_rows_selects_exactly(dtype):
+    """take_rows (a lerp with 0/1 weights, the attack loops' row select) gives exactly
+    torch.where's rows, for values of every magnitude."""
+    gen = torch.Generator().manual_seed(0)
+    new = torch.randn(64, 3, 5, 5, generator=gen, dtype=torch.float64).to(dtype) * 1e3
+    old = torch.rand(64, 3, 5, 5, generator=gen, dtype=torch.float64).to(dtype) * 1e-3
+    new[::5] = 0.0
+    take = torch.rand(64, generator=gen) < 0.5
+    assert torch.equal(take_rows(take, new, old), torch.where(take[:, None, None, None], new, old))

@@ -13,6 +13,7 @@ from scipy.optimize import linprog, minimize
 from featrob.attacks.base import flat_norm
 from featrob.attacks.fab import FAB, FABTargeted
 from featrob.attacks.fab_projections import (
+    linf_step,
     project_l2,
     project_linf,
     water_level,
@@ -176,6 +177,30 @@ def test_newton_water_level_float32_and_few_steps():
     fin = torch.isfinite(ref)
     assert torch.equal(fin, torch.isfinite(ours))
     torch.testing.assert_close(ours[fin], ref[fin], atol=1e-6, rtol=1e-5)
+
+
+def test_linf_step_returns_the_projection_and_its_norm():
+    """FAB's form of the Linf projection (sign and |w| given, c = b - w.t) gives
+    project_linf's steps, and its size is their Linf norm: tau where the hyperplane is
+    reachable, the largest room where it is not, 0 at c = 0; the steps stay in the box."""
+    gen = torch.Generator().manual_seed(3)
+    t = torch.rand(300, 40, generator=gen, dtype=torch.float64)
+    t[:, ::7] = 0.0  # pixels at the box's edges
+    t[:, 3::7] = 1.0
+    w = torch.randn(300, 40, generator=gen, dtype=torch.float64)
+    w[torch.rand(300, 40, generator=gen) < 0.15] = 0.0
+    c = torch.randn(300, generator=gen, dtype=torch.float64) * 4  # some beyond the box
+    c[::23] = 0.0
+    d, size = linf_step(t, w.sign(), w.abs(), c)
+    b = c + (w * t).sum(1)
+    torch.testing.assert_close(d, project_linf(t, w, b), atol=1e-12, rtol=0)  # c rounded
+    torch.testing.assert_close(size, d.abs().amax(1), atol=1e-12, rtol=1e-12)
+    assert bool(((t + d >= 0) & (t + d <= 1)).all())
+    reach = (w.abs() * torch.where(w * c[:, None].sign() > 0, 1 - t, t)).sum(1)
+    far = c.abs() > reach
+    assert 0 < int(far.sum()) < len(c)  # both kinds present
+    torch.testing.assert_close((w * d).sum(1)[~far], c[~far], atol=1e-12, rtol=1e-9)
+    assert bool((size[c == 0] == 0).all())
 
 
 # ---------------------------------------------------------------------------- linear models

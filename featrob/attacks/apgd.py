@@ -50,6 +50,7 @@ from featrob.attacks.base import (
     project,
     retire,
     steepest_direction,
+    take_rows,
 )
 from featrob.attacks.losses import dlr_loss, dlr_targeted_loss, target_group, top_targets
 from featrob.errors import ConfigError
@@ -197,11 +198,12 @@ class APGD(Attack):
         """Projection onto the eps ball around ``x`` intersected with [0, 1].
 
         For Linf the two boxes intersect in ``[max(x - eps, 0), min(x + eps, 1)]``: one clamp
-        with precomputed bounds per projection instead of four passes.
+        with precomputed bounds per projection instead of four passes, in place (the loop
+        projects only tensors it has just computed; in place it costs half).
         """
         if self.norm == "linf":
             lo, hi = (x - self.eps).clamp_(min=0), (x + self.eps).clamp_(max=1)
-            return lambda z: torch.clamp(z, lo, hi)
+            return lambda z: z.clamp_(lo, hi)  # z: a fresh tensor (below)
         return lambda z: (x + project(z - x, self.eps, self.norm)).clamp_(0, 1)
 
     def _run(
@@ -273,12 +275,12 @@ class APGD(Attack):
             take = better_iterate(score, ok_now, ret_loss, ret_ok)
             if early:  # the first successful iterate stays
                 take &= ~ret_ok
-            ret_x = torch.where(expand_batch(take, x_adv), x_adv, ret_x)
+            ret_x = take_rows(take, x_adv, ret_x)
             ret_loss = torch.where(take, score, ret_loss)
             ret_ok = ret_ok | ok_now
 
             improved = score > loss_best
-            x_best = torch.where(expand_batch(improved, x_adv), x_adv, x_best)
+            x_best = take_rows(improved, x_adv, x_best)
             grad_best = torch.where(expand_batch(improved, grad), grad, grad_best)
             loss_best = torch.where(improved, score, loss_best)
 

@@ -44,8 +44,9 @@ from featrob.attacks.base import (
     expand_batch,
     flat_norm,
     retire,
+    take_rows,
 )
-from featrob.attacks.fab_projections import project_l2, project_linf
+from featrob.attacks.fab_projections import linf_step, project_l2
 from featrob.attacks.fab_steps import (
     JACOBIANS,
     _is_adversarial,
@@ -129,7 +130,6 @@ class FAB(MinimumNormAttack):
                 f"{self.name}: jacobian must be one of {', '.join(JACOBIANS)}, "
                 f"got {p['jacobian']!r}"
             )
-        self._project = project_linf if self.norm == "linf" else project_l2
 
     # ------------------------------------------------------------------ public
     def passes(self, n_classes: int) -> Passes:
@@ -308,6 +308,29 @@ class FAB(MinimumNormAttack):
         j = dist.argmin(1)
         return df[rows, j], dg[rows, j]
 
+    def _steps(
+        self, xf: Tensor, x0f: Tensor, df: Tensor, dg: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Projections of the iterate and of ``x0`` onto the linearised boundary
+        ``{z : df + dg.(z - x) = 0}`` within the box: ``(d1, d2, ||d1||, ||d2||)``, each
+        norm clamped to at least 1e-8. Rows with a non-finite value or gradient step 0."""
+        # w.d must reach -df from x and dg.(x - x0) - df from x0; a non-finite dg or df
+        # makes the latter non-finite (0 * inf and inf - inf are NaN).
+        c2 = torch.linalg.vecdot(dg, xf) - torch.linalg.vecdot(dg, x0f) - df
+        ok = torch.isfinite(c2)
+        if xf.device.type != "cpu" or not bool(ok.all()):  # a sync only where it is free
+            dg = torch.where(ok[:, None], dg, torch.zeros_like(dg))
+            df, c2 = torch.where(ok, df, 0.0), torch.where(ok, c2, 0.0)
+        if self.norm == "linf":
+            w_sign, w_abs = dg.sign(), dg.abs()
+            d1, size1 = linf_step(xf, w_sign, w_abs, -df)
+            d2, size2 = linf_step(x0f, w_sign, w_abs, c2)
+        else:
+            offset = torch.linalg.vecdot(dg, xf) - df
+            d1, d2 = project_l2(xf, dg, offset), project_l2(x0f, dg, offset)
+            size1, size2 = flat_norm(d1, "l2"), flat_norm(d2, "l2")
+        return d1, d2, size1.clamp_min(1e-8), size2.clamp_min(1e-8)
+
     def _run(
         self,
         forward: Forward,
@@ -351,26 +374,21 @@ class FAB(MinimumNormAttack):
             n_run = len(rows)
             run_shape = (n_run, *shape[1:])
             df, dg = self._hyperplane(forward, jac, xf.view(run_shape), y, target)
-            ok = torch.isfinite(df) & torch.isfinite(dg).all(1)
-            df = torch.where(ok, df, torch.zeros_like(df))
-            dg = torch.where(ok[:, None], dg, torch.zeros_like(dg))
-            # Linearised boundary {z : df + dg.(z - x) = 0} = {z : dg.z = dg.x - df}.
-            offset = (dg * xf).sum(1) - df
-            d = self._project(torch.cat((xf, x0f)), dg.repeat(2, 1), offset.repeat(2))
-            d = torch.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)
-            size = flat_norm(d, self.norm).clamp_min(1e-8)
-            d1, d2 = d[:n_run], d[n_run:]
-            alpha = (size[:n_run] / (size[:n_run] + size[n_run:])).clamp(0, alpha_max)[:, None]
-            xf = ((xf + eta * d1) * (1 - alpha) + (x0f + eta * d2) * alpha).clamp(0, 1)
+            d1, d2, size1, size2 = self._steps(xf, x0f, df, dg)
+            alpha = (size1 / (size1 + size2)).clamp(0, alpha_max)[:, None]
+            # ((x + eta d1)(1 - alpha) + (x0 + eta d2) alpha), clipped to the box
+            xf = torch.lerp(d1.mul_(eta).add_(xf), d2.mul_(eta).add_(x0f), alpha).clamp_(0, 1)
             with torch.no_grad():
                 adv = _is_adversarial(forward(xf.view(run_shape)), y, hit, pairwise)
-            dist = flat_norm(xf - x0f, self.norm)
+            gap = xf - x0f
+            dist = flat_norm(gap, self.norm)
             better = adv & (dist < best_norm)
             if stop_at is not None:  # the first point within stop_at stays
                 better &= best_norm > stop_at
-            best_f = torch.where(better[:, None], xf, best_f)
+            best_f = take_rows(better, xf, best_f)
             best_norm = torch.where(better, dist, best_norm)
-            xf = torch.where(adv[:, None], x0f + beta * (xf - x0f), xf)
+            back = torch.add(x0f, gap, alpha=beta)  # x0 + beta (x - x0)
+            xf = take_rows(adv, back, xf)
         res_f[rows], res_norm[rows] = best_f, best_norm
         return res_f.view(shape), res_norm
 

@@ -25,7 +25,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from featrob.attacks.base import Attack, Forward, LossFn, SuccessFn, margin_loss, retire
+from featrob.attacks.base import (
+    Attack,
+    Forward,
+    LossFn,
+    SuccessFn,
+    margin_loss,
+    retire,
+    take_rows,
+)
 from featrob.errors import ConfigError
 from featrob.options import float_param, int_param
 from featrob.plan import Passes
@@ -110,6 +118,12 @@ def _windows(
             cols.clamp(min=0).minimum(side - 1),
         )
     return mask.unsqueeze(-3), rows.clamp(0, side - 1), cols.clamp(0, side - 1)
+
+
+def _span(start: Tensor, side: int | Tensor, size: int) -> Tensor:
+    """0/1 (bool) ``[..., size]``: positions ``start <= i < start + side``."""
+    offset = torch.arange(size, device=start.device) - start[..., None]
+    return (offset >= 0) & (offset < (side[..., None] if isinstance(side, Tensor) else side))
 
 
 def _place(patterns: Tensor, rows: Tensor, cols: Tensor, mask: Tensor) -> Tensor:
@@ -266,7 +280,7 @@ class SquareAttack(Attack):
             m_new = _margin(forward(x_new), ya)
             accept = (m_new < ma) | (m_new <= 0)
             ma = torch.where(accept, m_new, ma)
-            ba = torch.where(accept[:, None, None, None], x_new, ba)
+            ba = take_rows(accept, x_new, ba)
             done_its = it + 1
             broken = ma <= 0
             if bool(broken.any()):  # one sync per iteration, as the nonzero() it replaces
@@ -331,8 +345,10 @@ class SquareAttack(Attack):
         ``like``: the images (shape, dtype).
 
         Returns:
-            Linf: ``(mask [K, B, 1, h, w], step [K, B, c, 1, 1])``, the windows and their
-            ``+-2 eps`` moves; L2: ``(u [K, B, 2n + c + 1],)``.
+            Linf: ``(rows [K, B, c, h, 1], cols [K, B, 1, 1, w])``, the window's rows
+            times its ``+-2 eps`` move per channel and its columns as 0/1 (their product is
+            the move, built per iteration in one pass; a chunk of full masks would cost
+            more than the queries' own arithmetic); L2: ``(u [K, B, 2n + c + 1],)``.
         """
         _, c, h, w = like.shape
         its = range(first, first + count)
@@ -344,9 +360,10 @@ class SquareAttack(Attack):
         side = torch.tensor([self._side(it, h, w) for it in its], device=u.device)[:, None]
         top = (u[:, :, 0] * (h - side)).long()  # [K, B]
         left = (u[:, :, 1] * (w - side)).long()
-        mask, _, _ = _windows(top, left, side, h, w)  # [K, B, 1, h, w]
-        sign = torch.where(u[:, :, 2 : 2 + c] < 0.5, -1.0, 1.0)[..., None, None]
-        return mask, 2 * self.eps * sign.to(like.dtype)
+        sign = torch.where(u[:, :, 2 : 2 + c] < 0.5, -1.0, 1.0).to(like.dtype)  # [K, B, c]
+        in_rows = _span(top, side, h).to(like.dtype)[:, :, None, :, None]  # [K, B, 1, h, 1]
+        in_cols = _span(left, side, w).to(like.dtype)[:, :, None, None, :]  # [K, B, 1, 1, w]
+        return in_rows * (2 * self.eps * sign)[..., None, None], in_cols
 
     @staticmethod
     def _corners(u: Tensor, n: int, s: int, h: int, w: int) -> list[Tensor]:
@@ -360,11 +377,11 @@ class SquareAttack(Attack):
         self, x: Tensor, x_best: Tensor, draws: tuple[Tensor, ...], it: int, box: tuple[Tensor, ...]
     ) -> Tensor:
         """Move one random ``s x s`` window by ``+-2 eps`` per channel (``draws``: this
-        iteration's mask and step from :meth:`_draws`), then project onto ``box``
+        iteration's window rows and columns from :meth:`_draws`), then project onto ``box``
         (:meth:`_box` of ``x``)."""
-        mask, step = draws
+        rows, cols = draws
         lo, hi = box
-        return torch.clamp(x_best + step * mask, lo, hi)
+        return torch.addcmul(x_best, rows, cols).clamp_(lo, hi)
 
     def _l2_candidate(
         self, x: Tensor, x_best: Tensor, draws: tuple[Tensor, ...], it: int, box: tuple[Tensor, ...]
