@@ -26,6 +26,10 @@ L2_EPS = (0.5, 1.0)
 
 @lru_cache(maxsize=1)
 def _trained_state() -> dict[str, torch.Tensor]:
+    """Trained on 2 threads whoever asks first: the weights depend on the thread count
+    (float reductions split differently), and the agreement tests' margins were set on
+    this model (a module that runs on 1 thread used to train a different one when run
+    alone)."""
     data = load_digits(None)
     host = PluginHost()
     torch.manual_seed(0)
@@ -33,7 +37,13 @@ def _trained_state() -> dict[str, torch.Tensor]:
         "small-cnn", host.models, data.input_shape, data.num_classes, mean=data.mean, std=data.std
     )
     cfg = TrainConfig(method="pgd", epochs=10, attack_steps=5, lr=3e-3)
-    train(model, data, cfg, host.training_methods, eps=0.1, norm="linf", device=torch.device("cpu"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(model, data, cfg, host.training_methods, eps=0.1, norm="linf",
+              device=torch.device("cpu"))  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 

@@ -266,7 +266,7 @@ class APGD(Attack):
                 torch.addcmul(x_adv, expand_batch(step, x_adv), steepest_direction(grad, self.norm))
             )
             # x + a (z - x) + (1 - a)(x - x_prev) == lerp(2 x - x_prev, z, a)
-            x_adv, x_prev = proj(torch.lerp(x_adv.mul(2).sub_(x_prev), z, moment)), x_adv
+            x_adv, x_prev = proj(x_adv.mul(2).sub_(x_prev).lerp_(z, moment)), x_adv
 
             out, loss, grad = self.loss_and_grad(forward, x_adv, y, loss_fn)
             score = finite_score(loss)
@@ -275,12 +275,12 @@ class APGD(Attack):
             take = better_iterate(score, ok_now, ret_loss, ret_ok)
             if early:  # the first successful iterate stays
                 take &= ~ret_ok
-            ret_x = take_rows(take, x_adv, ret_x)
+            ret_x = take_rows(take, x_adv, ret_x, in_place=True)
             ret_loss = torch.where(take, score, ret_loss)
             ret_ok = ret_ok | ok_now
 
             improved = score > loss_best
-            x_best = take_rows(improved, x_adv, x_best)
+            x_best = take_rows(improved, x_adv, x_best, in_place=True)
             grad_best = torch.where(expand_batch(improved, grad), grad, grad_best)
             loss_best = torch.where(improved, score, loss_best)
 

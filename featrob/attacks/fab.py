@@ -355,7 +355,7 @@ class FAB(MinimumNormAttack):
         alpha_max, eta, beta = p["alpha_max"], p["eta"], p["beta"]
         x0f = x0.flatten(1)
         xf = start.flatten(1)
-        best_f = best_x.flatten(1)
+        best_f = best_x.flatten(1).clone()  # updated in place
         res_f, res_norm = best_f.clone(), best_norm.clone()
         rows = torch.arange(b, device=x0.device)  # positions of the samples still running
         every = exit_interval(x0.device)
@@ -385,10 +385,10 @@ class FAB(MinimumNormAttack):
             better = adv & (dist < best_norm)
             if stop_at is not None:  # the first point within stop_at stays
                 better &= best_norm > stop_at
-            best_f = take_rows(better, xf, best_f)
+            best_f = take_rows(better, xf, best_f, in_place=True)
             best_norm = torch.where(better, dist, best_norm)
-            back = torch.add(x0f, gap, alpha=beta)  # x0 + beta (x - x0)
-            xf = take_rows(adv, back, xf)
+            back = gap.mul_(beta).add_(x0f)  # x0 + beta (x - x0)
+            xf = take_rows(adv, back, xf, in_place=True)
         res_f[rows], res_norm[rows] = best_f, best_norm
         return res_f.view(shape), res_norm
 

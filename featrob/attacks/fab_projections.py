@@ -92,18 +92,22 @@ def _newton_level(a: Tensor, r: Tensor, c: Tensor, min_iters: int, max_iters: in
     if max_iters <= 0:
         return water_level_sorted(a, r, c)
     tiny = torch.finfo(a.dtype).tiny
+    # Two [N, n] work buffers for the whole loop: a fresh tensor per pass costs more than
+    # the pass on a CPU (glibc returns large freed blocks to the system, and every new one
+    # is page-faulted in again).
+    level, prod = torch.empty_like(r), torch.empty_like(r)
     # At lam = 0: h = 0 and every coordinate with room is free.
     lam, h = torch.zeros_like(c), torch.zeros_like(c)
-    free = r.sign()
-    slope, count = torch.linalg.vecdot(a, free), free.sum(1)
+    free = torch.sign(r, out=level)
+    slope, count = torch.mul(a, free, out=prod).sum(1), free.sum(1)
     exact = torch.zeros_like(c, dtype=torch.bool)
     for step in range(1, max_iters + 1):  # step: Newton updates made
         # With nothing free the row is at the box's limit: stay (inf below if short).
         lam = torch.where(slope > 0, lam + (c - h) / slope.clamp_min(tiny), lam)
-        level = r.clamp(max=lam[:, None])  # min(lam, r_i)
-        h = torch.linalg.vecdot(a, level)
+        torch.clamp(r, max=lam[:, None], out=level)  # min(lam, r_i)
+        h = torch.mul(a, level, out=prod).sum(1)
         busy = level.sub_(r).sign_()  # -1 where r_i > lam (still growing), else 0
-        slope, size = -torch.linalg.vecdot(a, busy), -busy.sum(1)
+        slope, size = -torch.mul(a, busy, out=prod).sum(1), -busy.sum(1)
         if step >= min_iters or step == max_iters:
             # lam came from the piece of the previous iterate; if no breakpoint was passed
             # on the way (the free set is unchanged) lam lies on that piece: it is exact.
@@ -216,7 +220,7 @@ def linf_step(t: Tensor, w_sign: Tensor, w_abs: Tensor, c: Tensor) -> tuple[Tens
     flip = torch.where(c < 0, -1.0, 1.0).to(w_abs.dtype)
     sign = w_sign * flip[:, None]  # the direction each coordinate moves in
     # m_i = 1 - t_i where it moves up, t_i where it moves down, 0 where w_i = 0.
-    room = torch.addcmul(sign.clamp_min(0), sign, t, value=-1).clamp_min_(0)
+    room = sign.clamp_min(0).addcmul_(sign, t, value=-1).clamp_min_(0)
     if t.device.type == "cpu":
         tau = _newton_level(w_abs, room, c.abs(), 1, 32)
     else:

@@ -280,7 +280,7 @@ class SquareAttack(Attack):
             m_new = _margin(forward(x_new), ya)
             accept = (m_new < ma) | (m_new <= 0)
             ma = torch.where(accept, m_new, ma)
-            ba = take_rows(accept, x_new, ba)
+            ba = take_rows(accept, x_new, ba, in_place=True)  # ba: compact copies
             done_its = it + 1
             broken = ma <= 0
             if bool(broken.any()):  # one sync per iteration, as the nonzero() it replaces
