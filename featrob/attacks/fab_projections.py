@@ -52,6 +52,8 @@ gets to the boundary.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -91,7 +93,6 @@ def _newton_level(a: Tensor, r: Tensor, c: Tensor, min_iters: int, max_iters: in
     """
     if max_iters <= 0:
         return water_level_sorted(a, r, c)
-    tiny = torch.finfo(a.dtype).tiny
     # Two [N, n] work buffers for the whole loop: a fresh tensor per pass costs more than
     # the pass on a CPU (glibc returns large freed blocks to the system, and every new one
     # is page-faulted in again).
@@ -102,12 +103,14 @@ def _newton_level(a: Tensor, r: Tensor, c: Tensor, min_iters: int, max_iters: in
     slope, count = torch.mul(a, free, out=prod).sum(1), free.sum(1)
     exact = torch.zeros_like(c, dtype=torch.bool)
     for step in range(1, max_iters + 1):  # step: Newton updates made
-        # With nothing free the row is at the box's limit: stay (inf below if short).
-        lam = torch.where(slope > 0, lam + (c - h) / slope.clamp_min(tiny), lam)
+        # With nothing free the row is at the box's limit: (c - h) / 0 is NaN where h = c
+        # (stay) and inf where h < c (unreachable: inf, kept below).
+        step_size = torch.div(c - h, slope).nan_to_num_(nan=0.0, posinf=math.inf, neginf=0.0)
+        lam = lam + step_size
         torch.clamp(r, max=lam[:, None], out=level)  # min(lam, r_i)
         h = torch.mul(a, level, out=prod).sum(1)
-        busy = level.sub_(r).sign_()  # -1 where r_i > lam (still growing), else 0
-        slope, size = -torch.mul(a, busy, out=prod).sum(1), -busy.sum(1)
+        free = torch.sub(r, level, out=level).sign_()  # 1 where r_i > lam (still growing)
+        slope, size = torch.mul(a, free, out=prod).sum(1), free.sum(1)
         if step >= min_iters or step == max_iters:
             # lam came from the piece of the previous iterate; if no breakpoint was passed
             # on the way (the free set is unchanged) lam lies on that piece: it is exact.
