@@ -100,28 +100,19 @@ def _eta_on(s: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     return eta(s).to(device=device, dtype=dtype)
 
 
-def _windows(
-    top: Tensor, left: Tensor, s: int | Tensor, h: int, w: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``s x s`` windows at ``(top, left)`` (any leading shape ``[...]``; ``s`` one side for
-    all or a tensor of sides broadcastable to ``top``): mask ``[..., 1, h, w]`` and the
-    clamped in-window row ``[..., h]`` and column ``[..., w]`` offsets (for placing a
+def _windows(top: Tensor, left: Tensor, s: int, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``s x s`` windows at ``(top, left)`` (``[B]`` each): mask ``[B, 1, h, w]`` and the
+    clamped in-window row ``[B, h]`` and column ``[B, w]`` offsets (for placing a
     pattern)."""
-    side = s[..., None] if isinstance(s, Tensor) else s
-    rows = torch.arange(h, device=top.device) - top[..., None]
-    cols = torch.arange(w, device=top.device) - left[..., None]
-    mask = ((rows >= 0) & (rows < side))[..., :, None] & ((cols >= 0) & (cols < side))[..., None, :]
-    if isinstance(side, Tensor):
-        return (
-            mask.unsqueeze(-3),
-            rows.clamp(min=0).minimum(side - 1),
-            cols.clamp(min=0).minimum(side - 1),
-        )
-    return mask.unsqueeze(-3), rows.clamp(0, side - 1), cols.clamp(0, side - 1)
+    mask = _span(top, s, h)[:, :, None] & _span(left, s, w)[:, None, :]
+    rows = torch.arange(h, device=top.device) - top[:, None]
+    cols = torch.arange(w, device=top.device) - left[:, None]
+    return mask[:, None], rows.clamp(0, s - 1), cols.clamp(0, s - 1)
 
 
 def _span(start: Tensor, side: int | Tensor, size: int) -> Tensor:
-    """0/1 (bool) ``[..., size]``: positions ``start <= i < start + side``."""
+    """0/1 (bool) ``[..., size]``: positions ``start <= i < start + side`` (``side`` one
+    for all or a tensor broadcastable to ``start``)."""
     offset = torch.arange(size, device=start.device) - start[..., None]
     return (offset >= 0) & (offset < (side[..., None] if isinstance(side, Tensor) else side))
 
