@@ -58,11 +58,14 @@ def reference_model() -> FeatrobModel:
     return model.eval()
 
 
-def reference_data(n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Test images, labels and per-sample seeds of the digits test split (first ``n``)."""
+def reference_data(
+    n: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Test images, labels and per-sample seeds (of attack seed ``seed``) of the digits test
+    split (first ``n``)."""
     data = load_digits(None)
     x, y = data.test.float_images(), data.test.labels
-    seeds = sample_seeds(0, data.test.indices)
+    seeds = sample_seeds(seed, data.test.indices)
     if n is not None:
         x, y, seeds = x[:n], y[:n], seeds[:n]
     return x, y, seeds

@@ -74,30 +74,48 @@ def test_apgd_t_agrees_with_autoattack(eps):
     assert abs(a - b) <= 0.01, (eps, a, b)
 
 
+#: Attack seeds averaged over in the slow agreement test: with one random start a single
+#: seed moves robust accuracy by up to 0.009 on either side (APGD-CE, L2 eps 1.0: featrob
+#: 0.093-0.102 over seeds 0-4, AutoAttack 0.091-0.098), as much as the tolerance.
+SEEDS = (0, 1, 2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("which", ["ce", "dlr", "t"])
 def test_apgd_family_agrees_with_autoattack_both_norms(norm, which):
-    model, (x, y, seeds) = reference_model(), reference_data()
+    """Mean robust accuracy over three attack seeds, each side drawing its own numbers."""
+    model = reference_model()
     for eps in LINF_EPS if norm == "linf" else L2_EPS:
-        if which == "t":
-            ours = APGDTargeted(eps=eps, norm=norm)
-            ref = APGDAttack_targeted(
-                model,
-                n_iter=100,
-                norm=_ref_norm(norm),
-                eps=eps,
-                seed=0,
-                n_target_classes=9,
-                device="cpu",
-            )
-        else:
-            ours = (APGD if which == "ce" else APGDDLR)(eps=eps, norm=norm)
-            ref = APGDAttack(
-                model, n_iter=100, norm=_ref_norm(norm), eps=eps, seed=0, loss=which, device="cpu"
-            )
-        a, b = _compare(ours, ref, model, x, y, seeds)
-        assert abs(a - b) <= 0.01, (norm, which, eps, a, b)
+        pairs = []
+        for seed in SEEDS:
+            x, y, seeds = reference_data(seed=seed)
+            if which == "t":
+                ours = APGDTargeted(eps=eps, norm=norm, seed=seed)
+                ref = APGDAttack_targeted(
+                    model,
+                    n_iter=100,
+                    norm=_ref_norm(norm),
+                    eps=eps,
+                    seed=seed,
+                    n_target_classes=9,
+                    device="cpu",
+                )
+            else:
+                ours = (APGD if which == "ce" else APGDDLR)(eps=eps, norm=norm, seed=seed)
+                ref = APGDAttack(
+                    model,
+                    n_iter=100,
+                    norm=_ref_norm(norm),
+                    eps=eps,
+                    seed=seed,
+                    loss=which,
+                    device="cpu",
+                )
+            pairs.append(_compare(ours, ref, model, x, y, seeds))
+        a = sum(p[0] for p in pairs) / len(pairs)
+        b = sum(p[1] for p in pairs) / len(pairs)
+        assert abs(a - b) <= 0.01, (norm, which, eps, pairs)
 
 
 @pytest.mark.parametrize("early_exit", [False, True])
