@@ -90,28 +90,13 @@ def test_apgd_family_agrees_with_autoattack_both_norms(norm, which):
         pairs = []
         for seed in SEEDS:
             x, y, seeds = reference_data(seed=seed)
+            common = dict(n_iter=100, norm=_ref_norm(norm), eps=eps, seed=seed, device="cpu")
             if which == "t":
                 ours = APGDTargeted(eps=eps, norm=norm, seed=seed)
-                ref = APGDAttack_targeted(
-                    model,
-                    n_iter=100,
-                    norm=_ref_norm(norm),
-                    eps=eps,
-                    seed=seed,
-                    n_target_classes=9,
-                    device="cpu",
-                )
+                ref = APGDAttack_targeted(model, n_target_classes=9, **common)
             else:
                 ours = (APGD if which == "ce" else APGDDLR)(eps=eps, norm=norm, seed=seed)
-                ref = APGDAttack(
-                    model,
-                    n_iter=100,
-                    norm=_ref_norm(norm),
-                    eps=eps,
-                    seed=seed,
-                    loss=which,
-                    device="cpu",
-                )
+                ref = APGDAttack(model, loss=which, **common)
             pairs.append(_compare(ours, ref, model, x, y, seeds))
         a = sum(p[0] for p in pairs) / len(pairs)
         b = sum(p[1] for p in pairs) / len(pairs)

@@ -45,11 +45,10 @@ P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 # Random-number purposes at the starting point (the low bits of the stream).
 _STRIPES, _TILE_SIGNS, _TILE_TRANSPOSES = 0, 1, 2
 
-# Iterations whose random numbers (and Linf windows) are made in one go: one hash call and
-# one window construction per chunk instead of ~15 small kernels per query. Capped so a
-# chunk's window masks stay below _CHUNK_ELEMENTS booleans (large images: smaller chunks).
+# Iterations whose random numbers (and Linf window rows and columns) are made in one go: one
+# hash call per chunk instead of ~15 small kernels per query. The factors are small
+# ([K, B, c, h] and [K, B, w]), so the chunk needs no cap for large images.
 _CHUNK = 32
-_CHUNK_ELEMENTS = 1 << 24
 
 
 def _stream(restart: int, iteration: int, purpose: int) -> int:
@@ -259,14 +258,13 @@ class SquareAttack(Attack):
         xa, ba, sa, ya, ma = x[rows], x_best[rows], seeds[rows], y[rows], margin[rows]
         box = self._box(xa)
         done_its, n_queries = 0, self.params["n_queries"]
-        per_chunk = max(1, min(_CHUNK, _CHUNK_ELEMENTS // max(1, x[0, 0].numel() * len(x))))
         draws: tuple[Tensor, ...] = ()
         for it in range(n_queries):
             if rows.numel() == 0:  # known on the host after nonzero(): no extra sync
                 break
-            k = it % per_chunk
+            k = it % _CHUNK
             if k == 0:
-                draws = self._draws(sa, restart, it, min(per_chunk, n_queries - it), x)
+                draws = self._draws(sa, restart, it, min(_CHUNK, n_queries - it), x)
             x_new = propose(xa, ba, tuple(t[k] for t in draws), it, box)
             m_new = _margin(forward(x_new), ya)
             accept = (m_new < ma) | (m_new <= 0)
